@@ -1,0 +1,21 @@
+"""sessionkit: an async, Redis-native session engine.
+
+One atomic Lua round trip per operation, every key of a user in one Redis
+Cluster hash slot, tokens never stored in the clear.
+"""
+
+from sessionkit.errors import BackendError, BackendUnavailable, SessionKitError, ValidationError
+from sessionkit.model import Session
+from sessionkit.store import SessionStore
+from sessionkit.useragent import UserAgent
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "Session",
+    "SessionKitError",
+    "SessionStore",
+    "UserAgent",
+    "ValidationError",
+]
+__version__ = "0.1.0"

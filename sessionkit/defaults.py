@@ -1,0 +1,39 @@
+"""Key prefixes, default lifetimes and input limits, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Prefix of every key sessionkit writes; several apps can share one server.
+PREFIX: Final = "sk"
+
+#: Absolute lifetime of a session, seconds (14 days).
+LIFETIME: Final = 14 * 86400
+
+#: Without an idle timeout, last-active time is rewritten at most this often
+#: (seconds), so that a busy session does not cost a write per request.
+TOUCH_INTERVAL: Final = 60
+
+#: Cluster hash-tag buckets a user can fall in (one per Redis Cluster slot).
+BUCKETS: Final = 16384
+
+#: Largest user id, in UTF-8 bytes.
+MAX_USER_ID_BYTES: Final = 1024
+
+#: Largest access group key, in UTF-8 bytes; most access groups in one call.
+MAX_GROUP_BYTES: Final = 256
+MAX_GROUPS: Final = 1000
+
+#: Largest `data` map, JSON-encoded.
+MAX_DATA_BYTES: Final = 64 * 1024
+
+#: User agent strings are cut to this many characters before they are stored.
+MAX_USER_AGENT_CHARS: Final = 512
+
+#: Longest accepted key prefix.
+MAX_PREFIX_CHARS: Final = 64
+
+#: Connections a store made by `SessionStore.from_url` keeps at most; callers
+#: past that wait for a free one (up to POOL_TIMEOUT seconds) instead of failing.
+POOL_SIZE: Final = 64
+POOL_TIMEOUT: Final = 10.0

@@ -1,0 +1,93 @@
+"""Tokens, digests and the key layout.
+
+Every key of one user is ``<prefix>:{<tag>}:...``. The part in braces is the
+Redis Cluster hash tag: Redis hashes only that part, so all of a user's keys
+live in one slot and every per-user Lua script is legal on a cluster. The tag
+is a bucket number (0..16383) taken from a SHA-256 of the user id, never the id
+itself, so no user id, whatever characters it holds (``{``, ``}``, ``:``, ...),
+can shape another user's key names:
+
+* ``<prefix>:{<tag>}:s:<session id>``  the session (a string value)
+* ``<prefix>:{<tag>}:u:<user digest>`` the user's index (a sorted set of
+  session ids scored by expiry)
+
+A token is 34 random-looking bytes, URL-safe base64: two bytes naming the
+bucket (so a token alone finds its slot) and 32 bytes (256 bits) from
+`secrets`. Redis never sees the token, only its SHA-256 digest (the session
+id), so a dump of Redis gives no working token. The bucket is one of 16,384
+values shared by every user who hashes to it; it says nothing readable about
+its user.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from typing import Final
+
+from sessionkit.defaults import BUCKETS
+
+TOKEN_RANDOM_BYTES: Final = 32
+TOKEN_CHARS: Final = 46  # base64url of 2 + 32 bytes, unpadded
+DIGEST_CHARS: Final = 22  # base64url of 16 bytes, unpadded
+_TOKEN_ALPHABET: Final = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def user_digest(user_id: str) -> tuple[str, int]:
+    """The user's digest (used in key names) and hash-tag bucket."""
+    h = hashlib.sha256(b"sessionkit-user\0" + user_id.encode("utf-8")).digest()
+    return _b64(h[:16]), int.from_bytes(h[16:18], "big") % BUCKETS
+
+
+def new_token(bucket: int) -> str:
+    """A fresh token for a user in `bucket`."""
+    return _b64(bucket.to_bytes(2, "big") + secrets.token_bytes(TOKEN_RANDOM_BYTES))
+
+
+def token_bucket(token: object) -> int | None:
+    """The bucket a token names, or None if it is not a well-formed token."""
+    if not isinstance(token, str) or len(token) != TOKEN_CHARS:
+        return None
+    if not _TOKEN_ALPHABET.issuperset(token):
+        return None
+    try:
+        head = base64.urlsafe_b64decode(token[:4])
+    except (binascii.Error, ValueError):
+        return None
+    bucket = int.from_bytes(head[:2], "big")
+    return bucket if bucket < BUCKETS else None
+
+
+def session_id(token: str) -> str:
+    """The public, non-secret session id: a digest of the token."""
+    return _b64(hashlib.sha256(b"sessionkit-token\0" + token.encode("ascii")).digest()[:16])
+
+
+def user_prefix(prefix: str, bucket: int) -> str:
+    """``<prefix>:{<tag>}:``, the start of every key of the users in `bucket`."""
+    return f"{prefix}:{{{bucket:04x}}}:"
+
+
+def session_key(prefix: str, bucket: int, sid: str) -> str:
+    return f"{user_prefix(prefix, bucket)}s:{sid}"
+
+
+def index_key(prefix: str, bucket: int, digest: str) -> str:
+    return f"{user_prefix(prefix, bucket)}u:{digest}"
+
+
+def is_session_id(value: object) -> bool:
+    """Whether `value` has the shape of a session id (a cheap pre-check)."""
+    return (
+        isinstance(value, str)
+        and len(value) == DIGEST_CHARS
+        and _TOKEN_ALPHABET.issuperset(value)
+    )

@@ -1,0 +1,38 @@
+-- Reads one session by its key; used by get (user checked) and resolve
+-- (token alone). Slides the idle timeout, or refreshes last-active at most
+-- once per touch interval, in place.
+-- KEYS[1] session key
+-- KEYS[2] the user's key prefix ("<prefix>:{<tag>}:"): the index key is
+--         derived from it and the stored user digest, in the same slot.
+-- ARGV[1] user digest the session must belong to ('' for resolve)
+-- ARGV[2] session id   ARGV[3] idle timeout ms (0: none)
+-- ARGV[4] touch interval ms
+-- Returns the stored value, or false.
+local skey = KEYS[1]
+local v = redis.call('GET', skey)
+if not v then
+  return false
+end
+if ARGV[1] ~= '' and owner(v) ~= ARGV[1] then
+  return false
+end
+
+local now = now_ms()
+local idle = tonumber(ARGV[3])
+if idle > 0 then
+  local expires = field_ms(v, EXPIRES_AT)
+  local dies = now + idle
+  if expires < dies then
+    dies = expires
+  end
+  redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, ms13(now))
+  redis.call('PEXPIREAT', skey, ms13(dies))
+  local index = KEYS[2] .. 'u:' .. owner(v)
+  redis.call('ZADD', index, ms13(dies), ARGV[2])
+  refresh_index_ttl(index)
+elseif now - field_ms(v, LAST_ACTIVE_AT) >= tonumber(ARGV[4]) then
+  redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, ms13(now))
+else
+  return v
+end
+return string.sub(v, 1, LAST_ACTIVE_AT - 1) .. ms13(now) .. string.sub(v, LAST_ACTIVE_AT + 13)

@@ -1,0 +1,113 @@
+"""The session object and its stored form.
+
+`Session` is the one description of a session: Python attributes are
+snake_case, and `msgspec.json.encode(session)` uses the platform's field names
+(`userId`, `token`, `creationDtm`, `accessGroupKeys`, `userAgent`, ...).
+
+The stored form is the string value laid out in ``lua/_lib.lua``: a fixed
+header the scripts read and touch in place, an opaque JSON body only Python
+reads (so free-form `data` round-trips exactly), and the access groups.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from sessionkit.useragent import UserAgent, parse_user_agent
+
+_HEADER = 64
+
+
+class Session(
+    msgspec.Struct,
+    kw_only=True,
+    rename={
+        "user_id": "userId",
+        "created_at": "creationDtm",
+        "expires_at": "expiresAt",
+        "last_active_at": "lastActiveAt",
+        "access_groups": "accessGroupKeys",
+        "user_agent": "userAgent",
+    },
+):
+    """One user session.
+
+    `token` is set only on the session `create` returns and on sessions read
+    with their token (`get`, `resolve`); `id` is a public, non-secret handle
+    that is safe to show, e.g. to let a user revoke another device.
+    `expires_at` is when the session ends if it is not used again (the idle
+    timeout, when set, never past the absolute lifetime).
+    """
+
+    id: str
+    user_id: str
+    token: str | None
+    created_at: datetime
+    expires_at: datetime
+    last_active_at: datetime
+    access_groups: list[str]
+    user_agent: UserAgent | None
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The session as a JSON-ready dict in the platform's field names."""
+        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))
+        return out
+
+
+class _Body(msgspec.Struct, omit_defaults=True):
+    u: str
+    a: str | None = None
+    d: dict[str, Any] = {}
+
+
+_body_encoder = msgspec.json.Encoder()
+_body_decoder = msgspec.json.Decoder(_Body)
+
+
+def encode_body(user_id: str, user_agent: str | None, data: dict[str, Any]) -> bytes:
+    """The opaque part of a stored session (raises msgspec errors on bad data)."""
+    return _body_encoder.encode(_Body(u=user_id, a=user_agent, d=data))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _time(raw: bytes, start: int, digits: int = 13) -> datetime:
+    n = int(raw[start : start + digits])
+    return _EPOCH + (timedelta(microseconds=n) if digits == 16 else timedelta(milliseconds=n))
+
+
+def decode_session(
+    raw: bytes | str, sid: str, token: str | None, idle_timeout_ms: int
+) -> Session:
+    """Build a `Session` from its stored value."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    created, expires, last = _time(raw, 0, 16), _time(raw, 16), _time(raw, 29)
+    if idle_timeout_ms:
+        expires = min(expires, last + timedelta(milliseconds=idle_timeout_ms))
+    colon = raw.index(b":", _HEADER)
+    body_end = colon + 1 + int(raw[_HEADER:colon])
+    body = _body_decoder.decode(raw[colon + 1 : body_end])
+    groups: set[str] = set()
+    i = body_end
+    while i < len(raw):
+        c = raw.index(b":", i)
+        n = int(raw[i:c])
+        groups.add(raw[c + 1 : c + 1 + n].decode("utf-8"))
+        i = c + 1 + n
+    return Session(
+        id=sid,
+        user_id=body.u,
+        token=token,
+        created_at=created,
+        expires_at=expires,
+        last_active_at=last,
+        access_groups=sorted(groups),
+        user_agent=parse_user_agent(body.a) if body.a is not None else None,
+        data=body.d,
+    )

@@ -1,0 +1,330 @@
+"""`SessionStore`: the engine. Every operation is one EVALSHA of a static Lua
+script, so each is atomic and costs one round trip."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+from redis.asyncio.cluster import RedisCluster
+
+from sessionkit import keys, validate
+from sessionkit.defaults import LIFETIME, POOL_SIZE, POOL_TIMEOUT, PREFIX, TOUCH_INTERVAL
+from sessionkit.errors import BackendError, BackendUnavailable, ValidationError
+from sessionkit.model import Session, decode_session, encode_body
+from sessionkit.scripts import Script, Scripts
+
+Client = aioredis.Redis | RedisCluster
+Duration = int | float | timedelta
+
+_UNAVAILABLE = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.ClusterDownError,
+    rx.TryAgainError,
+    rx.MasterDownError,
+    OSError,
+    builtins.TimeoutError,
+)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class SessionStore:
+    """Sessions of many users in one Redis (or Redis Cluster).
+
+    `client` is a `redis.asyncio.Redis`, a `redis.asyncio.RedisCluster` or a
+    fakeredis async client; the store does not close a client it was given.
+    `lifetime` is the absolute lifetime of a session and `idle_timeout` the
+    optional sliding timeout (seconds or `timedelta`); `max_sessions_per_user`
+    makes a create evict the user's oldest sessions; `touch_interval` bounds
+    how often reads rewrite last-active time when there is no idle timeout.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = PREFIX,
+        lifetime: Duration = LIFETIME,
+        idle_timeout: Duration | None = None,
+        max_sessions_per_user: int | None = None,
+        touch_interval: Duration = TOUCH_INTERVAL,
+        **unknown: object,
+    ) -> None:
+        if unknown:
+            raise ValidationError(
+                f"unknown SessionStore option(s): {', '.join(sorted(unknown))}",
+                details={"options": sorted(unknown)},
+            )
+        self.client = client
+        self.prefix = validate.prefix(prefix)
+        self.lifetime_ms = validate.duration_ms(lifetime, "lifetime")
+        self.idle_timeout_ms = validate.duration_ms(idle_timeout, "idle_timeout", optional=True)
+        self.max_sessions_per_user = validate.positive_int(
+            max_sessions_per_user, "max_sessions_per_user"
+        )
+        self.touch_interval_ms = validate.duration_ms(touch_interval, "touch_interval")
+        self._owns_client = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool | None = None,
+        pool_size: int = POOL_SIZE,
+        socket_timeout: float = 5.0,
+        **options: Any,
+    ) -> SessionStore:
+        """A store with its own client, closed by `aclose()`.
+
+        `redis://`, `rediss://` (TLS) and `unix://` URLs reach one server;
+        `redis+cluster://` / `rediss+cluster://` (or `cluster=True`) a Redis
+        Cluster through the node in the URL. Callers beyond `pool_size`
+        concurrent operations wait for a connection instead of failing.
+        """
+        scheme = urlsplit(url).scheme
+        if scheme.endswith("+cluster"):
+            cluster = True
+            url = urlunsplit(urlsplit(url)._replace(scheme=scheme.removesuffix("+cluster")))
+        if scheme.removesuffix("+cluster") not in ("redis", "rediss", "unix"):
+            raise ValidationError(
+                f"unsupported URL scheme {scheme!r}: use redis://, rediss://, unix:// "
+                "or redis+cluster://",
+                details={"parameter": "url"},
+            )
+        client: Client
+        if cluster:
+            client = RedisCluster.from_url(
+                url,
+                max_connections=pool_size,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+            )
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=pool_size,
+                timeout=POOL_TIMEOUT,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+            )
+            client = aioredis.Redis(connection_pool=pool)
+        store = cls(client, **options)
+        store._owns_client = True
+        return store
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client if the store made it (`from_url`)."""
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def load_scripts(self) -> None:
+        """Load every script now (on every primary of a cluster), so that the
+        first call of each operation is already a single EVALSHA."""
+        try:
+            for script in Scripts.all():
+                await self.client.script_load(script.source)
+        except _UNAVAILABLE as exc:
+            raise BackendUnavailable(f"cannot reach the session server: {exc}") from exc
+        except rx.RedisError as exc:
+            raise BackendError(f"the session server refused to load scripts: {exc}") from exc
+
+    # -- operations ---------------------------------------------------------
+
+    async def create(
+        self,
+        user_id: str,
+        access_groups: str | Iterable[str] = (),
+        *,
+        user_agent: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Session:
+        """Start a new session for `user_id`; the returned session has its token.
+
+        Creating the same token twice (a retried call) makes one session.
+        """
+        uid = validate.user_id(user_id)
+        groups = validate.groups(access_groups, "access_groups")
+        ua = validate.user_agent(user_agent)
+        body = encode_body(uid, ua, validate.data(data))
+        digest, bucket = keys.user_digest(uid)
+        token = keys.new_token(bucket)
+        return await self._create(uid, digest, bucket, token, body, groups)
+
+    async def _create(
+        self,
+        uid: str,
+        digest: str,
+        bucket: int,
+        token: str,
+        body: bytes,
+        groups: tuple[str, ...],
+    ) -> Session:
+        sid = keys.session_id(token)
+        reply = await self._run(
+            Scripts.create,
+            (
+                keys.session_key(self.prefix, bucket, sid),
+                keys.index_key(self.prefix, bucket, digest),
+                keys.user_prefix(self.prefix, bucket),
+            ),
+            (
+                sid,
+                digest,
+                self.lifetime_ms,
+                self.idle_timeout_ms,
+                self.max_sessions_per_user,
+                body,
+                *groups,
+            ),
+        )
+        return decode_session(reply[0], sid, token, self.idle_timeout_ms)
+
+    async def get(self, user_id: str, token: str) -> Session | None:
+        """The session of `user_id` with this token, or None (unknown,
+        expired, malformed, or another user's token)."""
+        uid = validate.user_id(user_id)
+        digest, bucket = keys.user_digest(uid)
+        if keys.token_bucket(token) != bucket:
+            return None
+        return await self._read(bucket, token, digest)
+
+    async def resolve(self, token: str) -> Session | None:
+        """The session a token belongs to, from the token alone, or None."""
+        bucket = keys.token_bucket(token)
+        if bucket is None:
+            return None
+        return await self._read(bucket, token, "")
+
+    async def _read(self, bucket: int, token: str, digest: str) -> Session | None:
+        sid = keys.session_id(token)
+        raw = await self._run(
+            Scripts.get,
+            (keys.session_key(self.prefix, bucket, sid), keys.user_prefix(self.prefix, bucket)),
+            (digest, sid, self.idle_timeout_ms, self.touch_interval_ms),
+        )
+        if not raw:
+            return None
+        return decode_session(raw, sid, token, self.idle_timeout_ms)
+
+    async def list(self, user_id: str) -> builtins.list[Session]:
+        """Every live session of `user_id`, oldest first, without tokens."""
+        uid = validate.user_id(user_id)
+        digest, bucket = keys.user_digest(uid)
+        reply = await self._run(
+            Scripts.list,
+            (keys.index_key(self.prefix, bucket, digest), keys.user_prefix(self.prefix, bucket)),
+            (),
+        )
+        sessions = [
+            decode_session(reply[i + 1], _text(reply[i]), None, self.idle_timeout_ms)
+            for i in range(0, len(reply), 2)
+        ]
+        sessions.sort(key=lambda s: (s.created_at, s.id))
+        return sessions
+
+    async def delete(self, user_id: str, token: str) -> bool:
+        """Delete the session of `user_id` with this token; False if there was none."""
+        uid = validate.user_id(user_id)
+        digest, bucket = keys.user_digest(uid)
+        if keys.token_bucket(token) != bucket:
+            return False
+        return await self._delete(digest, bucket, keys.session_id(token))
+
+    async def delete_by_id(self, user_id: str, session_id: str) -> bool:
+        """Delete a session of `user_id` by its public id (e.g. "sign out that device")."""
+        uid = validate.user_id(user_id)
+        if not keys.is_session_id(session_id):
+            return False
+        digest, bucket = keys.user_digest(uid)
+        return await self._delete(digest, bucket, session_id)
+
+    async def _delete(self, digest: str, bucket: int, sid: str) -> bool:
+        n = await self._run(
+            Scripts.delete,
+            (
+                keys.session_key(self.prefix, bucket, sid),
+                keys.index_key(self.prefix, bucket, digest),
+            ),
+            (digest, sid),
+        )
+        return bool(n)
+
+    async def delete_all(self, user_id: str, *, except_token: str | None = None) -> int:
+        """Delete every session of `user_id` (but the one of `except_token`,
+        if given: "sign out everywhere else"); returns how many were deleted."""
+        uid = validate.user_id(user_id)
+        digest, bucket = keys.user_digest(uid)
+        keep = ""
+        if except_token is not None and keys.token_bucket(except_token) == bucket:
+            keep = keys.session_id(except_token)
+        reply = await self._run(
+            Scripts.delete_all,
+            (keys.index_key(self.prefix, bucket, digest), keys.user_prefix(self.prefix, bucket)),
+            (keep,),
+        )
+        return int(reply[0])
+
+    async def add_groups(self, user_id: str, groups: str | Iterable[str]) -> int:
+        """Add access group(s) to every live session of `user_id`, atomically;
+        returns how many sessions changed."""
+        return await self._groups("add", user_id, groups)
+
+    async def remove_groups(self, user_id: str, groups: str | Iterable[str]) -> int:
+        """Remove access group(s) from every live session of `user_id`,
+        atomically; returns how many sessions changed."""
+        return await self._groups("remove", user_id, groups)
+
+    async def _groups(self, mode: str, user_id: str, groups: str | Iterable[str]) -> int:
+        uid = validate.user_id(user_id)
+        wanted = validate.groups(groups)
+        if not wanted:
+            return 0
+        digest, bucket = keys.user_digest(uid)
+        reply = await self._run(
+            Scripts.groups,
+            (keys.index_key(self.prefix, bucket, digest), keys.user_prefix(self.prefix, bucket)),
+            (mode, *wanted),
+        )
+        return int(reply[0])
+
+    async def _run(self, script: Script, key_names: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        try:
+            return await script(self.client, key_names, args)
+        except _UNAVAILABLE as exc:
+            timeout = isinstance(exc, (rx.TimeoutError, builtins.TimeoutError))
+            raise BackendUnavailable(
+                f"the session server {'timed out' if timeout else 'is unreachable'} "
+                f"during {script.name}: {exc}",
+                code="backend_timeout" if timeout else "backend_unavailable",
+                details={"operation": script.name},
+            ) from exc
+        except rx.RedisError as exc:
+            raise BackendError(
+                f"the session server refused {script.name}: {exc}",
+                details={"operation": script.name},
+            ) from exc
+
+
+__all__ = ["Client", "Duration", "SessionStore"]

@@ -1,0 +1,176 @@
+"""Checks on caller input: each raises `ValidationError` with a message a user
+can act on, before anything is sent to the server."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from sessionkit.defaults import (
+    MAX_DATA_BYTES,
+    MAX_GROUP_BYTES,
+    MAX_GROUPS,
+    MAX_PREFIX_CHARS,
+    MAX_USER_AGENT_CHARS,
+    MAX_USER_ID_BYTES,
+)
+from sessionkit.errors import ValidationError
+
+
+def _utf8(value: str, what: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{what} is not valid Unicode text (it holds a lone surrogate)",
+            details={"parameter": what},
+        ) from exc
+
+
+def user_id(value: object) -> str:
+    """A user id: non-empty text of at most 1 KiB (UTF-8), any characters."""
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"user_id must be text, got {type(value).__name__}",
+            details={"parameter": "user_id", "type": type(value).__name__},
+        )
+    if not value:
+        raise ValidationError("user_id must not be empty", details={"parameter": "user_id"})
+    size = len(_utf8(value, "user_id"))
+    if size > MAX_USER_ID_BYTES:
+        raise ValidationError(
+            f"user_id is {size} bytes long; at most {MAX_USER_ID_BYTES} are allowed",
+            details={"parameter": "user_id", "bytes": size},
+        )
+    return value
+
+
+def groups(value: object, what: str = "groups") -> tuple[str, ...]:
+    """One access group key or an iterable of them, each non-empty text."""
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = (value,)
+    elif isinstance(value, (bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        raise ValidationError(
+            f"{what} must be a text or a list of texts, got {type(value).__name__}",
+            details={"parameter": what, "type": type(value).__name__},
+        )
+    else:
+        items = value
+    out: list[str] = []
+    for g in items:
+        if not isinstance(g, str):
+            raise ValidationError(
+                f"every entry of {what} must be text, got {type(g).__name__}",
+                details={"parameter": what, "type": type(g).__name__},
+            )
+        if not g:
+            raise ValidationError(
+                f"{what} holds an empty access group key", details={"parameter": what}
+            )
+        if len(_utf8(g, what)) > MAX_GROUP_BYTES:
+            raise ValidationError(
+                f"an access group key in {what} is over {MAX_GROUP_BYTES} bytes",
+                details={"parameter": what},
+            )
+        out.append(g)
+        if len(out) > MAX_GROUPS:
+            raise ValidationError(
+                f"{what} holds more than {MAX_GROUPS} access group keys",
+                details={"parameter": what},
+            )
+    return tuple(dict.fromkeys(out))
+
+
+def data(value: object) -> dict[str, Any]:
+    """Free-form session data: a JSON-encodable map with text keys, at most 64 KiB."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(
+            f"data must be a dict, got {type(value).__name__}",
+            details={"parameter": "data", "type": type(value).__name__},
+        )
+    try:
+        encoded = msgspec.json.encode(value)
+        # Round-trip so that what is stored is exactly what is read back.
+        decoded: dict[str, Any] = msgspec.json.decode(encoded)
+    except (TypeError, msgspec.EncodeError, msgspec.DecodeError, UnicodeError) as exc:
+        raise ValidationError(
+            f"data is not JSON-encodable: {exc}", details={"parameter": "data"}
+        ) from exc
+    if any(not isinstance(k, str) for k in value):
+        raise ValidationError("data keys must be text", details={"parameter": "data"})
+    if len(encoded) > MAX_DATA_BYTES:
+        raise ValidationError(
+            f"data is {len(encoded)} bytes as JSON; at most {MAX_DATA_BYTES} are allowed",
+            details={"parameter": "data", "bytes": len(encoded)},
+        )
+    return decoded
+
+
+def user_agent(value: object) -> str | None:
+    """A raw User-Agent string (cut to a sane length), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"user_agent must be text, got {type(value).__name__}",
+            details={"parameter": "user_agent", "type": type(value).__name__},
+        )
+    value = value[:MAX_USER_AGENT_CHARS]
+    _utf8(value, "user_agent")
+    return value
+
+
+def duration_ms(value: object, what: str, *, optional: bool = False) -> int:
+    """Seconds (int/float) or a timedelta, as whole milliseconds > 0 (0 = None if optional)."""
+    if value is None and optional:
+        return 0
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ValidationError(
+            f"{what} must be seconds (int or float) or a timedelta, got {type(value).__name__}",
+            details={"parameter": what},
+        )
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValidationError(f"{what} must be positive, got {value!r}", details={"parameter": what})
+    ms = math.ceil(seconds * 1000)
+    if ms > 100 * 365 * 86400 * 1000:
+        raise ValidationError(f"{what} is over 100 years", details={"parameter": what})
+    return ms
+
+
+def positive_int(value: object, what: str) -> int:
+    """A positive int, or 0 for None (no limit)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(
+            f"{what} must be a positive int or None, got {value!r}", details={"parameter": what}
+        )
+    return value
+
+
+def prefix(value: object) -> str:
+    """A key prefix: non-empty text without braces (they would change the hash tag)."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError("prefix must be non-empty text", details={"parameter": "prefix"})
+    if "{" in value or "}" in value:
+        raise ValidationError(
+            "prefix must not contain '{' or '}': they would move keys off the user's hash slot",
+            details={"parameter": "prefix"},
+        )
+    if len(value) > MAX_PREFIX_CHARS or not value.isprintable():
+        raise ValidationError(
+            f"prefix must be printable and at most {MAX_PREFIX_CHARS} characters",
+            details={"parameter": "prefix"},
+        )
+    return value

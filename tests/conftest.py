@@ -1,0 +1,135 @@
+"""Backends for the contract tests: the embedded real server (or REDIS_URL),
+a real embedded Redis Cluster (or REDIS_CLUSTER_URL), and fakeredis.
+
+Servers start once per test session; each test gets fresh clients and its
+own key prefix, so tests never see each other's keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from sessionkit import SessionStore
+from sessionkit.server import EmbeddedCluster, EmbeddedServer
+from sessionkit.store import Client
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A real server: REDIS_URL, or a private embedded one."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    with EmbeddedServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A real Redis Cluster: REDIS_CLUSTER_URL, or a private 3-master one."""
+    if os.environ.get("REDIS_CLUSTER_URL"):
+        yield os.environ["REDIS_CLUSTER_URL"]
+        return
+    with EmbeddedCluster() as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@dataclass
+class Backend:
+    """A client on one backend plus the raw access tests need to inspect it."""
+
+    name: str
+    client: Client
+
+    async def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (SCAN on every primary of a cluster)."""
+        found = [
+            k.decode() if isinstance(k, bytes) else k
+            async for k in self.client.scan_iter(match=f"{prefix}:*", count=1000)
+        ]
+        return sorted(set(found))
+
+    async def dump(self, prefix: str) -> dict[str, Any]:
+        """Every key under `prefix` with its value (strings and sorted sets)."""
+        out: dict[str, Any] = {}
+        for key in await self.keys(prefix):
+            kind = await self.client.type(key)
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind == "string":
+                out[key] = await self.client.get(key)
+            elif kind == "zset":
+                out[key] = await self.client.zrange(key, 0, -1, withscores=True)
+            else:
+                out[key] = kind
+        return out
+
+    async def flush_scripts(self) -> None:
+        if isinstance(self.client, RedisCluster):
+            await self.client.script_flush(target_nodes=RedisCluster.ALL_NODES)
+        else:
+            await self.client.script_flush()
+
+
+BACKENDS = [
+    pytest.param("server", marks=pytest.mark.server),
+    pytest.param("cluster", marks=pytest.mark.cluster),
+    pytest.param("fake", marks=pytest.mark.fake),
+]
+
+
+def make_client(request: pytest.FixtureRequest, name: str) -> Client:
+    if name == "server":
+        return aioredis.Redis.from_url(request.getfixturevalue("server_url"))
+    if name == "cluster":
+        url = request.getfixturevalue("cluster_url").replace("redis+cluster://", "redis://")
+        return RedisCluster.from_url(url)
+    return fakeredis.FakeAsyncRedis(server=request.getfixturevalue("fake_server"))
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    client = make_client(request, request.param)
+    yield Backend(request.param, client)
+    await client.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{next(_prefixes)}x{os.getpid()}"
+
+
+StoreFactory = Callable[..., SessionStore]
+
+
+@pytest.fixture
+def make_store(backend: Backend, prefix: str) -> StoreFactory:
+    """Stores on this test's backend and prefix, with the options given."""
+
+    def make(**options: Any) -> SessionStore:
+        return SessionStore(backend.client, prefix=prefix, **options)
+
+    return make
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> SessionStore:
+    return make_store()
+
+
+Op = Callable[[], Awaitable[Any]]
