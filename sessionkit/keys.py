@@ -87,7 +87,5 @@ def index_key(prefix: str, bucket: int, digest: str) -> str:
 def is_session_id(value: object) -> bool:
     """Whether `value` has the shape of a session id (a cheap pre-check)."""
     return (
-        isinstance(value, str)
-        and len(value) == DIGEST_CHARS
-        and _TOKEN_ALPHABET.issuperset(value)
+        isinstance(value, str) and len(value) == DIGEST_CHARS and _TOKEN_ALPHABET.issuperset(value)
     )

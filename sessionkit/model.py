@@ -81,9 +81,7 @@ def _time(raw: bytes, start: int, digits: int = 13) -> datetime:
     return _EPOCH + (timedelta(microseconds=n) if digits == 16 else timedelta(milliseconds=n))
 
 
-def decode_session(
-    raw: bytes | str, sid: str, token: str | None, idle_timeout_ms: int
-) -> Session:
+def decode_session(raw: bytes | str, sid: str, token: str | None, idle_timeout_ms: int) -> Session:
     """Build a `Session` from its stored value."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8")

@@ -32,9 +32,11 @@ class Script:
 
 def _load(name: str) -> Script:
     folder = resources.files("sessionkit") / "lua"
-    source = (folder / "_lib.lua").read_text("utf-8") + "\n" + (
-        folder / f"{name}.lua"
-    ).read_text("utf-8")
+    source = (
+        (folder / "_lib.lua").read_text("utf-8")
+        + "\n"
+        + (folder / f"{name}.lua").read_text("utf-8")
+    )
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 

@@ -124,22 +124,33 @@ class EmbeddedServer:
     def _command(self) -> list[str]:
         cmd = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", self.dir,
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
-            "--protected-mode", "no",
-            "--loglevel", "warning",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
         ]
         if "redis-server" not in os.path.basename(self.binary):
             cmd += ["--enable-debug-command", "local"]
         if self.cluster:
             cmd += [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "2000",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
             ]
         return [*cmd, *self.args]
 
@@ -220,7 +231,7 @@ def _command(port: int, *args: str) -> str:
         while True:
             chunk = s.recv(65536)
             data += chunk
-            if not chunk or data.endswith(b"\r\n") and _complete(data):
+            if not chunk or (data.endswith(b"\r\n") and _complete(data)):
                 break
     text = data.decode(errors="replace")
     if text.startswith("-"):
@@ -298,17 +309,31 @@ class EmbeddedCluster:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
-        while not all(self._ready(n.port) for n in self.nodes):
+        while not all(self._ready(n.port) for n in self.nodes) or not self._replicas_synced():
             if time.monotonic() > deadline:
                 raise ServerError("the embedded cluster did not reach cluster_state:ok")
             time.sleep(0.1)
+
+    def _replicas_synced(self) -> bool:
+        """Every replica has synced, so CLUSTER SLOTS lists it to clients."""
+        return all(
+            "master_link_status:up" in _command(n.port, "INFO", "replication")
+            for n in self.nodes[self.masters :]
+        ) and _command(self.nodes[0].port, "CLUSTER", "SLOTS").count("127.0.0.1") == len(self.nodes)
 
     def _ready(self, port: int) -> bool:
         info = _command(port, "CLUSTER", "INFO")
         if "cluster_state:ok" not in info:
             return False
-        known = _command(port, "CLUSTER", "NODES").count("connected")
-        return known >= len(self.nodes)
+        nodes = _command(port, "CLUSTER", "NODES")
+        replicas = sum(
+            "slave" in line.split()[2].split(",")
+            for line in nodes.splitlines()
+            if len(line.split()) > 2
+        )
+        return nodes.count("connected") >= len(self.nodes) and replicas == (
+            self.masters * self.replicas
+        )
 
     def stop(self) -> None:
         for node in self.nodes:

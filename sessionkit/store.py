@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
@@ -74,6 +75,10 @@ class SessionStore:
         )
         self.touch_interval_ms = validate.duration_ms(touch_interval, "touch_interval")
         self._owns_client = False
+        # redis-py's RedisCluster can lose connections that are being opened
+        # while its first topology load runs; load it once, before any call.
+        self._cluster_ready = not isinstance(client, RedisCluster)
+        self._init_lock = anyio.Lock()
 
     @classmethod
     def from_url(
@@ -309,8 +314,17 @@ class SessionStore:
         )
         return int(reply[0])
 
+    async def _initialize_cluster(self) -> None:
+        async with self._init_lock:
+            if not self._cluster_ready:
+                assert isinstance(self.client, RedisCluster)
+                await self.client.initialize()
+                self._cluster_ready = True
+
     async def _run(self, script: Script, key_names: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         try:
+            if not self._cluster_ready:
+                await self._initialize_cluster()
             return await script(self.client, key_names, args)
         except _UNAVAILABLE as exc:
             timeout = isinstance(exc, (rx.TimeoutError, builtins.TimeoutError))
@@ -323,6 +337,11 @@ class SessionStore:
         except rx.RedisError as exc:
             raise BackendError(
                 f"the session server refused {script.name}: {exc}",
+                details={"operation": script.name},
+            ) from exc
+        except Exception as exc:  # a fault inside the client library itself
+            raise BackendError(
+                f"the Redis client failed during {script.name}: {exc!r}",
                 details={"operation": script.name},
             ) from exc
 

@@ -44,8 +44,6 @@ def parse_user_agent(raw: str) -> UserAgent:
         minor=r.user_agent.minor,
         patch=r.user_agent.patch,
         device=Device(r.device.family, r.device.brand, r.device.model),
-        os=OperatingSystem(
-            r.os.family, r.os.major, r.os.minor, r.os.patch, r.os.patch_minor
-        ),
+        os=OperatingSystem(r.os.family, r.os.major, r.os.minor, r.os.patch, r.os.patch_minor),
         raw=raw,
     )

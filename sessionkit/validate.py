@@ -86,8 +86,40 @@ def groups(value: object, what: str = "groups") -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+_MAX_DEPTH = 64
+
+
+def _json_path(value: object, path: str, depth: int) -> str | None:
+    """Where `value` stops being plain JSON (dict/list/str/int/float/bool/None), or None."""
+    if depth > _MAX_DEPTH:
+        return f"{path} (nested deeper than {_MAX_DEPTH})"
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} (a non-finite float)"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{path} (a {type(k).__name__} key)"
+            bad = _json_path(v, f"{path}.{k}", depth + 1)
+            if bad:
+                return bad
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = _json_path(v, f"{path}[{i}]", depth + 1)
+            if bad:
+                return bad
+        return None
+    return f"{path} (a {type(value).__name__})"
+
+
 def data(value: object) -> dict[str, Any]:
-    """Free-form session data: a JSON-encodable map with text keys, at most 64 KiB."""
+    """Free-form session data: a JSON map with text keys, at most 64 KiB encoded.
+
+    Only plain JSON values are accepted, so what is read back equals what was
+    stored (tuples come back as lists).
+    """
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -95,22 +127,21 @@ def data(value: object) -> dict[str, Any]:
             f"data must be a dict, got {type(value).__name__}",
             details={"parameter": "data", "type": type(value).__name__},
         )
+    bad = _json_path(value, "data", 0)
+    if bad:
+        raise ValidationError(f"data is not plain JSON at {bad}", details={"parameter": "data"})
     try:
         encoded = msgspec.json.encode(value)
-        # Round-trip so that what is stored is exactly what is read back.
-        decoded: dict[str, Any] = msgspec.json.decode(encoded)
-    except (TypeError, msgspec.EncodeError, msgspec.DecodeError, UnicodeError) as exc:
+    except (msgspec.EncodeError, UnicodeError) as exc:
         raise ValidationError(
             f"data is not JSON-encodable: {exc}", details={"parameter": "data"}
         ) from exc
-    if any(not isinstance(k, str) for k in value):
-        raise ValidationError("data keys must be text", details={"parameter": "data"})
     if len(encoded) > MAX_DATA_BYTES:
         raise ValidationError(
             f"data is {len(encoded)} bytes as JSON; at most {MAX_DATA_BYTES} are allowed",
             details={"parameter": "data", "bytes": len(encoded)},
         )
-    return decoded
+    return value
 
 
 def user_agent(value: object) -> str | None:
@@ -141,7 +172,9 @@ def duration_ms(value: object, what: str, *, optional: bool = False) -> int:
             details={"parameter": what},
         )
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValidationError(f"{what} must be positive, got {value!r}", details={"parameter": what})
+        raise ValidationError(
+            f"{what} must be positive, got {value!r}", details={"parameter": what}
+        )
     ms = math.ceil(seconds * 1000)
     if ms > 100 * 365 * 86400 * 1000:
         raise ValidationError(f"{what} is over 100 years", details={"parameter": what})

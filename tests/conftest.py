@@ -80,10 +80,8 @@ class Backend:
         return out
 
     async def flush_scripts(self) -> None:
-        if isinstance(self.client, RedisCluster):
-            await self.client.script_flush(target_nodes=RedisCluster.ALL_NODES)
-        else:
-            await self.client.script_flush()
+        """SCRIPT FLUSH (redis-py sends it to every node of a cluster)."""
+        await self.client.script_flush()
 
 
 BACKENDS = [

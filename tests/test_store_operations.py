@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import msgspec
-import pytest
 
 from sessionkit import Session, SessionStore
 from tests.conftest import Backend, StoreFactory
@@ -85,7 +84,8 @@ async def test_resolve_finds_the_session_from_the_token_alone(store: SessionStor
     assert s.token
     got = await store.resolve(s.token)
     assert got is not None
-    assert (got.id, got.user_id, got.access_groups, got.data) == (s.id, "carol", ["x"], {"k": [1, 2]})
+    assert (got.id, got.user_id, got.access_groups) == (s.id, "carol", ["x"])
+    assert got.data == {"k": [1, 2]}
 
 
 async def test_list_returns_live_sessions_oldest_first_without_tokens(
@@ -124,7 +124,7 @@ async def test_delete_by_id_removes_only_the_users_own_session(store: SessionSto
 async def test_delete_all_and_sign_out_everywhere_else(
     store: SessionStore, backend: Backend, prefix: str
 ) -> None:
-    keep, *others = [await store.create("alice") for _ in range(4)]
+    keep, *_ = [await store.create("alice") for _ in range(4)]
     bob = await store.create("bob")
     assert await store.delete_all("alice", except_token=keep.token) == 3
     assert [s.id for s in await store.list("alice")] == [keep.id]

@@ -1,0 +1,93 @@
+"""Expiry is Redis's job: expired sessions are never returned or counted, the
+index prunes itself, and nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sessionkit import keys
+from tests.conftest import Backend, StoreFactory
+
+
+async def test_expired_sessions_vanish_with_their_index(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    short = make_store(lifetime=0.4)
+    long = make_store(lifetime=60)
+    doomed = [await short.create("alice", ["g"]) for _ in range(3)]
+    assert len(await backend.keys(prefix)) == 4
+    await asyncio.sleep(0.6)
+    for s in doomed:
+        assert await short.resolve(s.token or "") is None
+        assert await short.get("alice", s.token or "") is None
+        assert await short.delete("alice", s.token or "") is False
+    assert await short.list("alice") == []
+    assert await short.add_groups("alice", "x") == 0
+    assert await short.delete_all("alice") == 0
+    assert await backend.keys(prefix) == []
+    # A live session beside expired ones: only it is listed and counted.
+    await short.create("bob")
+    keep = await long.create("bob")
+    await asyncio.sleep(0.6)
+    assert [s.id for s in await long.list("bob")] == [keep.id]
+    assert await long.add_groups("bob", "x") == 1
+
+
+async def test_index_lives_exactly_as_long_as_its_longest_session(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    await make_store(lifetime=100).create("alice")
+    await make_store(lifetime=1000).create("alice")
+    await make_store(lifetime=10).create("alice")
+    digest, bucket = keys.user_digest("alice")
+    ttl = await backend.client.pttl(keys.index_key(prefix, bucket, digest))
+    assert 990_000 < ttl <= 1_000_000
+
+
+async def test_idle_timeout_slides_on_use(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    store = make_store(lifetime=30, idle_timeout=0.5)
+    s = await store.create("alice")
+    assert s.expires_at - s.created_at <= timedelta(seconds=0.51)
+    for _ in range(4):  # 1.2 s of use, each gap shorter than the idle timeout
+        await asyncio.sleep(0.3)
+        got = await store.resolve(s.token or "")
+        assert got is not None
+        assert got.last_active_at > s.last_active_at
+        assert got.expires_at - got.last_active_at == timedelta(seconds=0.5)
+    assert len(await store.list("alice")) == 1
+    await asyncio.sleep(0.7)
+    assert await store.get("alice", s.token or "") is None
+    assert await store.list("alice") == []
+    assert await backend.keys(prefix) == []
+
+
+async def test_idle_timeout_never_extends_past_the_lifetime(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    store = make_store(lifetime=0.8, idle_timeout=0.5)
+    s = await store.create("alice")
+    limit = s.created_at + timedelta(seconds=0.8)
+    await asyncio.sleep(0.4)
+    got = await store.get("alice", s.token or "")
+    assert got is not None and got.expires_at <= limit + timedelta(milliseconds=1)
+    await asyncio.sleep(0.3)
+    got = await store.get("alice", s.token or "")
+    assert got is not None and got.expires_at <= limit + timedelta(milliseconds=1)
+    await asyncio.sleep(0.3)  # 1.0 s: past the lifetime though used 0.3 s ago
+    assert await store.get("alice", s.token or "") is None
+    assert await backend.keys(prefix) == []
+
+
+async def test_last_active_is_touched_at_most_once_per_interval(make_store: StoreFactory) -> None:
+    store = make_store(touch_interval=0.3)
+    s = await store.create("alice")
+    first = await store.resolve(s.token or "")
+    assert first is not None and first.last_active_at == s.last_active_at
+    await asyncio.sleep(0.4)
+    later = await store.resolve(s.token or "")
+    assert later is not None and later.last_active_at > s.last_active_at
+    listed = await store.list("alice")
+    assert listed[0].last_active_at == later.last_active_at

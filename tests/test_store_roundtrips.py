@@ -1,0 +1,87 @@
+"""One round trip per operation (a single EVALSHA), and transparent recovery
+when the server has lost its scripts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from sessionkit import SessionStore
+from sessionkit.scripts import Scripts
+from tests.conftest import Backend
+
+# Commands a client can send that no script of ours may hide behind.
+CLIENT_ONLY = {"eval", "evalsha", "script", "multi", "exec", "watch"}
+
+
+@pytest.fixture
+async def probe(server_url: str, prefix: str) -> AsyncIterator[tuple[SessionStore, Any]]:
+    client = aioredis.Redis.from_url(server_url, client_name=f"probe-{prefix}")
+    admin = aioredis.Redis.from_url(server_url)
+    store = SessionStore(client, prefix=prefix)
+    await store.load_scripts()
+    await client.ping()  # open the store's connection before measuring
+    yield store, admin
+    await client.aclose()
+    await admin.aclose()
+
+
+async def _measure(admin: Any, op: Any, name: str, marker: str) -> tuple[list[str], dict[str, int]]:
+    """What the store's connection sent while `op` ran (from MONITOR, which
+    tells client commands from those scripts run), and the command stats."""
+    (addr,) = [c["addr"] for c in await admin.client_list() if c.get("name") == name]
+    await admin.config_resetstat()
+    sent: list[str] = []
+    async with admin.monitor() as monitor:
+        await op
+        await admin.echo(marker)
+        while True:
+            cmd = await monitor.next_command()
+            if marker in cmd["command"]:
+                break
+            if f"{cmd.get('client_address')}:{cmd.get('client_port')}" == addr:
+                sent.append(cmd["command"].split()[0].lower())
+    stats = await admin.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    return sent, calls
+
+
+@pytest.mark.server
+async def test_every_operation_is_one_evalsha(probe: tuple[SessionStore, Any], prefix: str) -> None:
+    store, admin = probe
+    s = await store.create("alice", ["a"])
+    other = await store.create("alice")
+    token = s.token or ""
+    ops: dict[str, Callable[[], Awaitable[Any]]] = {
+        "create": lambda: store.create("alice", ["b"], user_agent="curl/8", data={"x": 1}),
+        "get": lambda: store.get("alice", token),
+        "resolve": lambda: store.resolve(token),
+        "list": lambda: store.list("alice"),
+        "add_groups": lambda: store.add_groups("alice", ["c", "d"]),
+        "remove_groups": lambda: store.remove_groups("alice", "c"),
+        "delete_by_id": lambda: store.delete_by_id("alice", other.id),
+        "delete": lambda: store.delete("alice", token),
+        "delete_all": lambda: store.delete_all("alice"),
+    }
+    for name, op in ops.items():
+        sent, calls = await _measure(admin, op(), f"probe-{prefix}", f"end-of-{name}")
+        assert sent == ["evalsha"], name
+        assert calls.get("evalsha") == 1, (name, calls)
+        assert not (set(calls) & CLIENT_ONLY) - {"evalsha"}, (name, calls)
+
+
+async def test_scripts_are_reloaded_after_script_flush(
+    store: SessionStore, backend: Backend
+) -> None:
+    s = await store.create("alice", ["a"])
+    await backend.flush_scripts()
+    assert await backend.client.script_exists(Scripts.get.sha) == [False]
+    got = await store.resolve(s.token or "")
+    assert got is not None and got.access_groups == ["a"]
+    await backend.flush_scripts()
+    assert await store.add_groups("alice", "b") == 1
+    await backend.flush_scripts()
+    assert [x.access_groups for x in await store.list("alice")] == [["a", "b"]]
