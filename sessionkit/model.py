@@ -73,12 +73,12 @@ def encode_body(user_id: str, user_agent: str | None, data: dict[str, Any]) -> b
     return _body_encoder.encode(_Body(u=user_id, a=user_agent, d=data))
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _time(raw: bytes, start: int, digits: int = 13) -> datetime:
-    n = int(raw[start : start + digits])
-    return _EPOCH + (timedelta(microseconds=n) if digits == 16 else timedelta(milliseconds=n))
+    # Exact: a double holds these values to well under a microsecond.
+    return datetime.fromtimestamp(int(raw[start : start + digits]) / _SCALE[digits], UTC)
+
+
+_SCALE = {13: 1e3, 16: 1e6}
 
 
 def decode_session(raw: bytes | str, sid: str, token: str | None, idle_timeout_ms: int) -> Session:

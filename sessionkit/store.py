@@ -19,6 +19,7 @@ from sessionkit import keys, validate
 from sessionkit.defaults import LIFETIME, POOL_SIZE, POOL_TIMEOUT, PREFIX, TOUCH_INTERVAL
 from sessionkit.errors import BackendError, BackendUnavailable, ValidationError
 from sessionkit.model import Session, decode_session, encode_body
+from sessionkit.pipeline import Pipeliner
 from sessionkit.scripts import Script, Scripts
 
 Client = aioredis.Redis | RedisCluster
@@ -48,6 +49,8 @@ class SessionStore:
     optional sliding timeout (seconds or `timedelta`); `max_sessions_per_user`
     makes a create evict the user's oldest sessions; `touch_interval` bounds
     how often reads rewrite last-active time when there is no idle timeout.
+    With `pipelining` (the default, on a single-server redis-py client),
+    calls made concurrently by many tasks share one socket write.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class SessionStore:
         idle_timeout: Duration | None = None,
         max_sessions_per_user: int | None = None,
         touch_interval: Duration = TOUCH_INTERVAL,
+        pipelining: bool = True,
         **unknown: object,
     ) -> None:
         if unknown:
@@ -78,6 +82,9 @@ class SessionStore:
         # redis-py's RedisCluster can lose connections that are being opened
         # while its first topology load runs; load it once, before any call.
         self._cluster_ready = not isinstance(client, RedisCluster)
+        self._pipeliner = (
+            Pipeliner(client) if pipelining and Pipeliner.supports(client) else None
+        )
         self._init_lock = anyio.Lock()
 
     @classmethod
@@ -323,6 +330,8 @@ class SessionStore:
 
     async def _run(self, script: Script, key_names: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         try:
+            if self._pipeliner is not None:
+                return await self._pipeliner.call(script, key_names, args)
             if not self._cluster_ready:
                 await self._initialize_cluster()
             return await script(self.client, key_names, args)

@@ -1,0 +1,1 @@
+"""The load-benchmark harness: ``python -m bench``."""

@@ -1,0 +1,164 @@
+"""What the server itself can do, measured in the same run: the ceiling for
+sessionkit's own Lua scripts, and server memory per session.
+
+The ceiling is driven from a second process (``python -m bench.limits``): a
+bare asyncio socket client with hiredis that keeps several connections busy
+with deep pipelines of EVALSHA, so the client library is not the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+
+from bench.impls import UA
+from sessionkit import SessionStore, keys
+from sessionkit.scripts import Scripts
+
+
+def _pack(*args: str | int | bytes) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _resolve_commands(prefix: str, tokens: list[str]) -> list[bytes]:
+    out = []
+    for t in tokens:
+        bucket = keys.token_bucket(t)
+        assert bucket is not None
+        sid = keys.session_id(t)
+        out.append(
+            _pack(
+                "EVALSHA", Scripts.get.sha, 2, keys.session_key(prefix, bucket, sid),
+                keys.user_prefix(prefix, bucket), "", sid, 0, 60_000,
+            )
+        )
+    return out
+
+
+def _create_commands(prefix: str, n: int) -> list[bytes]:
+    from sessionkit.model import encode_body
+
+    out = []
+    for i in range(n):
+        uid = f"ceiling-{i % 10_000}"
+        digest, bucket = keys.user_digest(uid)
+        token = keys.new_token(bucket)
+        sid = keys.session_id(token)
+        out.append(
+            _pack(
+                "EVALSHA", Scripts.create.sha, 3, keys.session_key(prefix, bucket, sid),
+                keys.index_key(prefix, bucket, digest), keys.user_prefix(prefix, bucket),
+                sid, digest, 14 * 86400 * 1000, 0, 0, encode_body(uid, UA, {}), "member",
+            )
+        )
+    return out
+
+
+async def _drive(host: str, port: int, commands: list[bytes], seconds: float,
+                 connections: int, depth: int) -> dict[str, Any]:
+    done = 0
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def conn(offset: int) -> None:
+        nonlocal done, errors
+        reader, writer = await asyncio.open_connection(host, port)
+        parser = hiredis.Reader()
+        i = offset
+        while time.perf_counter() < deadline:
+            batch = [commands[(i + j) % len(commands)] for j in range(depth)]
+            i += depth * connections
+            writer.write(b"".join(batch))
+            got = 0
+            while got < depth:
+                parser.feed(await reader.read(1 << 16))
+                while (reply := parser.gets()) is not False:
+                    got += 1
+                    if isinstance(reply, hiredis.ReplyError):
+                        errors += 1
+            done += depth
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(conn(c * depth) for c in range(connections)))
+    elapsed = time.perf_counter() - start
+    return {"ops_per_s": round(done / elapsed, 1), "errors": errors}
+
+
+def _main() -> None:
+    """Entry of the second process: drive the server, print JSON."""
+    cfg = json.loads(sys.argv[1])
+    if cfg["op"] == "resolve":
+        commands = _resolve_commands(cfg["prefix"], cfg["tokens"])
+    else:
+        commands = _create_commands(cfg["prefix"], cfg["n"])
+    out = asyncio.run(
+        _drive(cfg["host"], cfg["port"], commands, cfg["seconds"], cfg["connections"], cfg["depth"])
+    )
+    print(json.dumps(out))
+
+
+async def measure_ceiling(
+    url: str, store: SessionStore, tokens: list[str], seconds: float
+) -> dict[str, Any]:
+    """Server ceiling for the resolve and create scripts, pipelined (depth 16,
+    4 connections) and unpipelined (depth 1, 50 connections)."""
+    await store.load_scripts()
+    host, port = url.removeprefix("redis://").split("/")[0].split(":")
+    out: dict[str, Any] = {"method": "second process, raw asyncio+hiredis client, EVALSHA"}
+    for op in ("resolve", "create"):
+        for name, conns, depth in (("pipelined", 4, 16), ("unpipelined", 50, 1)):
+            cfg = {
+                "op": op, "prefix": store.prefix, "tokens": tokens[:5000], "n": 100_000,
+                "host": host, "port": int(port), "seconds": seconds,
+                "connections": conns, "depth": depth,
+            }
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.limits", json.dumps(cfg),
+                stdout=subprocess.PIPE,
+            )
+            stdout, _ = await proc.communicate()
+            res = json.loads(stdout)
+            out[f"{op}_{name}"] = {**res, "connections": conns, "depth": depth}
+    return out
+
+
+async def measure_memory(url: str, sessions: int, stores: dict[str, Any]) -> dict[str, Any]:
+    """Server bytes per session (index entry included) for each implementation,
+    each on a freshly flushed server, `sessions` sessions over sessions/10 users."""
+    client = aioredis.Redis.from_url(url)
+    out: dict[str, Any] = {"sessions": sessions, "sessions_per_user": 10, "user_agent_chars": len(UA)}
+    try:
+        for name, store in stores.items():
+            await client.flushall()
+            await asyncio.sleep(0.05)
+            before = (await client.info("memory"))["used_memory"]
+            sem = asyncio.Semaphore(64)
+
+            async def one(i: int, store: Any = store) -> None:
+                async with sem:
+                    await store.create(f"mem-user-{i // 10}", ["member"], user_agent=UA)
+
+            for start in range(0, sessions, 5000):
+                await asyncio.gather(*(one(i) for i in range(start, min(sessions, start + 5000))))
+            after = (await client.info("memory"))["used_memory"]
+            out[name] = {"bytes_per_session": round((after - before) / sessions, 1)}
+        await client.flushall()
+    finally:
+        await client.aclose()
+    return out
+
+
+if __name__ == "__main__":
+    _main()

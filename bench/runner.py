@@ -1,0 +1,110 @@
+"""Runs one scenario on one implementation: N concurrent tasks, each issuing
+operations back to back, every latency recorded in an HDR histogram."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hdrh.histogram import HdrHistogram
+
+from bench.impls import Impl
+from bench.scenarios import Exhausted, Scenario
+
+
+@dataclass
+class Result:
+    scenario: str
+    impl: str
+    ops: int
+    seconds: float
+    ops_per_s: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    errors: int
+    cpu_us_per_op: float
+    first_error: str | None = None
+
+
+async def run_scenario(
+    scenario: Scenario,
+    impl: Impl,
+    *,
+    concurrency: int,
+    duration: float,
+    max_ops: int | None,
+    scale: float,
+    seed: int = 1,
+    tick: Callable[[float], None] | None = None,
+) -> Result:
+    """Prepare the scenario (not timed), then drive it for `duration` seconds
+    or `max_ops` operations, whichever ends first."""
+    rng = random.Random(seed)
+    state = await scenario.prepare(impl, rng, scale)
+    hist = HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 µs .. 60 s
+    done = 0
+    errors = 0
+    first_error: str | None = None
+    stop = False
+    budget = max_ops if max_ops is not None else 1 << 62
+
+    async def worker(wid: int) -> None:
+        nonlocal done, errors, first_error, stop
+        wrng = random.Random(seed * 1000 + wid)
+        perf = time.perf_counter
+        while not stop:
+            if done >= budget:
+                stop = True
+                return
+            done += 1
+            t0 = perf()
+            try:
+                await scenario.step(impl, state, wrng)
+            except Exhausted:
+                done -= 1
+                stop = True
+                return
+            except Exception as exc:  # counted and reported, never hidden
+                errors += 1
+                if first_error is None:
+                    first_error = f"{type(exc).__name__}: {exc}"[:300]
+            hist.record_value(max(1, int((perf() - t0) * 1e6)))
+
+    async def timer() -> None:
+        nonlocal stop
+        start = time.perf_counter()
+        while not stop:
+            await asyncio.sleep(0.1)
+            elapsed = time.perf_counter() - start
+            if tick:
+                tick(min(elapsed / duration, 1.0))
+            if elapsed >= duration:
+                stop = True
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    clock = asyncio.create_task(timer())
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    stop = True
+    clock.cancel()
+    n = hist.get_total_count()
+    return Result(
+        scenario=scenario.name,
+        impl=impl.name,
+        ops=n,
+        seconds=round(seconds, 3),
+        ops_per_s=round(n / seconds, 1) if seconds else 0.0,
+        p50_ms=hist.get_value_at_percentile(50) / 1000,
+        p99_ms=hist.get_value_at_percentile(99) / 1000,
+        p999_ms=hist.get_value_at_percentile(99.9) / 1000,
+        max_ms=hist.get_max_value() / 1000,
+        errors=errors,
+        cpu_us_per_op=round(cpu / n * 1e6, 1) if n else 0.0,
+        first_error=first_error,
+    )
