@@ -16,36 +16,45 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import report
-from bench.impls import Impl, make_impls
+from bench.impls import UA, Impl, make_impls
 from bench.limits import measure_ceiling, measure_memory
-from bench.naive import NaiveStore
 from bench.runner import Result, run_scenario
 from bench.scenarios import SCENARIOS
 from sessionkit import SessionStore
 from sessionkit.defaults import POOL_SIZE
 from sessionkit.server import EmbeddedServer
+from sessionkit.useragent import parse_user_agent
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--redis-url", default=None,
-                   help="server to use (redis://, or redis+cluster:// for a cluster); "
-                        "default: a private embedded server")
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="server to use (redis://, or redis+cluster:// for a cluster); "
+        "default: a private embedded server",
+    )
     p.add_argument("--concurrency", type=int, default=50, help="concurrent tasks (default 50)")
-    p.add_argument("--duration", type=float, default=None, help="seconds per run (default 1.5, --quick 0.25)")
+    p.add_argument(
+        "--duration", type=float, default=None, help="seconds per run (default 1.0, --quick 0.2)"
+    )
     p.add_argument("--ops", type=int, default=None, help="stop each run after this many operations")
-    p.add_argument("--scenario", action="append", default=None,
-                   help="scenario name (repeatable); default: all")
-    p.add_argument("--impl", action="append", default=None,
-                   help="sessionkit, naive, peer (repeatable); default: all")
+    p.add_argument(
+        "--scenario", action="append", default=None, help="scenario name (repeatable); default: all"
+    )
+    p.add_argument(
+        "--impl",
+        action="append",
+        default=None,
+        help="sessionkit, naive, peer (repeatable); default: all",
+    )
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON results here")
     p.add_argument("--quick", action="store_true", help="small setups, short runs (CI smoke test)")
@@ -63,8 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _git_commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=Path(__file__).parent, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -73,20 +85,35 @@ def _git_commit() -> str:
 async def _server_info(client: Any) -> tuple[str, str]:
     info = await client.info("server")
     if isinstance(client, RedisCluster):
-        info = next(iter(info.values())) if info and isinstance(next(iter(info.values())), dict) else info
+        info = (
+            next(iter(info.values()))
+            if info and isinstance(next(iter(info.values())), dict)
+            else info
+        )
     name = "valkey" if "valkey_version" in info else "redis"
     ver = info.get("valkey_version") or info.get("redis_version")
-    line = ", ".join(f"{k}={info[k]}" for k in
-                     ("redis_version", "valkey_version", "server_name", "redis_mode", "os",
-                      "arch_bits", "multiplexing_api", "gcc_version", "process_id")
-                     if k in info)
+    line = ", ".join(
+        f"{k}={info[k]}"
+        for k in (
+            "redis_version",
+            "valkey_version",
+            "server_name",
+            "redis_mode",
+            "os",
+            "arch_bits",
+            "multiplexing_api",
+            "gcc_version",
+            "process_id",
+        )
+        if k in info
+    )
     return line, f"{name} {ver}"
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    console = Console(stderr=False)
-    duration = args.duration or (0.25 if args.quick else 1.5)
-    scale = 0.05 if args.quick else 1.0
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    duration = args.duration or (0.2 if args.quick else 1.0)
+    scale = 0.02 if args.quick else 1.0
     impl_names = args.impl or ["sessionkit", "naive", "peer"]
     scenarios = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     async with AsyncExitStack() as stack:
@@ -129,18 +156,27 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "command": "python -m bench " + " ".join(sys.argv[1:]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        parse_user_agent(UA)  # compile the parser's rules before anything is timed
         results: list[Result] = []
         runs = [(s, i) for s in scenarios for i in impls if s.needs <= i.ops]
         with Progress(
-            TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(), console=console, transient=False,
+            TextColumn("{task.description:<44}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         ) as progress:
             overall = progress.add_task("all runs", total=len(runs))
             for scenario, impl in runs:
                 task = progress.add_task(f"{scenario.name} · {impl.name}", total=1.0)
                 res = await run_scenario(
-                    scenario, impl, concurrency=args.concurrency, duration=duration,
-                    max_ops=args.ops, scale=scale,
+                    scenario,
+                    impl,
+                    concurrency=args.concurrency,
+                    duration=duration,
+                    max_ops=args.ops,
+                    scale=scale,
                     tick=lambda f, task=task: progress.update(task, completed=f),
                 )
                 progress.update(task, completed=1.0, visible=False)
@@ -150,9 +186,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         memory: dict[str, Any] = {}
         if not args.no_limits and not cluster:
             console.print("measuring the server ceiling and memory per session…")
-            resolve_impl: Impl = impls[0] if impls and impls[0].name == "sessionkit" else make_impls(client, prefix, ["sessionkit"], cluster)[0]
+            resolve_impl: Impl = (
+                impls[0]
+                if impls and impls[0].name == "sessionkit"
+                else make_impls(client, prefix, ["sessionkit"], cluster)[0]
+            )
             made = await resolve_impl.populate([f"ceil-{i}" for i in range(2000)], 1)
-            ceiling = await measure_ceiling(url, resolve_impl.store, [c.token for c in made], 0.5 if args.quick else 1.5)
+            ceiling = await measure_ceiling(
+                url, resolve_impl.store, [c.token for c in made], 0.3 if args.quick else 1.5
+            )
             memory = await _memory(args.quick)
         doc = report.build(conditions, results, ceiling, memory)
     report.print_table(doc, console)
@@ -164,16 +206,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 async def _memory(quick: bool) -> dict[str, Any]:
     """Bytes per session on a fresh private server (the layout's cost, not the
     benchmark server's state)."""
-    n = 10_000 if quick else 100_000
+    n = 2_000 if quick else 100_000
     async with EmbeddedServer() as server:
-        client = aioredis.Redis.from_url(server.url)
+        store = SessionStore.from_url(server.url)
         try:
-            return await measure_memory(
-                server.url, n,
-                {"sessionkit": SessionStore(client, prefix="mem"), "naive": NaiveStore(client, prefix="mem")},
-            )
+            impls = make_impls(store.client, "mem", ["sessionkit", "naive"], False)
+            return await measure_memory(server.url, n, impls)
         finally:
-            await client.aclose()
+            await store.aclose()
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:

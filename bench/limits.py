@@ -1,7 +1,7 @@
 """What the server itself can do, measured in the same run: the ceiling for
 sessionkit's own Lua scripts, and server memory per session.
 
-The ceiling is driven from a second process (``python -m bench.limits``): a
+The ceiling is driven from a second process (``python -m bench.limits``, configuration on stdin): a
 bare asyncio socket client with hiredis that keeps several connections busy
 with deep pipelines of EVALSHA, so the client library is not the limit.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 
-from bench.impls import UA
+from bench.impls import UA, Impl
 from sessionkit import SessionStore, keys
 from sessionkit.scripts import Scripts
 
@@ -39,8 +39,15 @@ def _resolve_commands(prefix: str, tokens: list[str]) -> list[bytes]:
         sid = keys.session_id(t)
         out.append(
             _pack(
-                "EVALSHA", Scripts.get.sha, 2, keys.session_key(prefix, bucket, sid),
-                keys.user_prefix(prefix, bucket), "", sid, 0, 60_000,
+                "EVALSHA",
+                Scripts.get.sha,
+                2,
+                keys.session_key(prefix, bucket, sid),
+                keys.user_prefix(prefix, bucket),
+                "",
+                sid,
+                0,
+                60_000,
             )
         )
     return out
@@ -57,16 +64,27 @@ def _create_commands(prefix: str, n: int) -> list[bytes]:
         sid = keys.session_id(token)
         out.append(
             _pack(
-                "EVALSHA", Scripts.create.sha, 3, keys.session_key(prefix, bucket, sid),
-                keys.index_key(prefix, bucket, digest), keys.user_prefix(prefix, bucket),
-                sid, digest, 14 * 86400 * 1000, 0, 0, encode_body(uid, UA, {}), "member",
+                "EVALSHA",
+                Scripts.create.sha,
+                3,
+                keys.session_key(prefix, bucket, sid),
+                keys.index_key(prefix, bucket, digest),
+                keys.user_prefix(prefix, bucket),
+                sid,
+                digest,
+                14 * 86400 * 1000,
+                0,
+                0,
+                encode_body(uid, UA, {}),
+                "member",
             )
         )
     return out
 
 
-async def _drive(host: str, port: int, commands: list[bytes], seconds: float,
-                 connections: int, depth: int) -> dict[str, Any]:
+async def _drive(
+    host: str, port: int, commands: list[bytes], seconds: float, connections: int, depth: int
+) -> dict[str, Any]:
     done = 0
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -97,15 +115,26 @@ async def _drive(host: str, port: int, commands: list[bytes], seconds: float,
 
 
 def _main() -> None:
-    """Entry of the second process: drive the server, print JSON."""
-    cfg = json.loads(sys.argv[1])
-    if cfg["op"] == "resolve":
-        commands = _resolve_commands(cfg["prefix"], cfg["tokens"])
-    else:
-        commands = _create_commands(cfg["prefix"], cfg["n"])
-    out = asyncio.run(
-        _drive(cfg["host"], cfg["port"], commands, cfg["seconds"], cfg["connections"], cfg["depth"])
-    )
+    """Entry of the second process: drive the server for each configuration
+    given, one after the other; print the results as JSON."""
+    out = []
+    for cfg in json.loads(sys.stdin.read()):
+        if cfg["op"] == "resolve":
+            commands = _resolve_commands(cfg["prefix"], cfg["tokens"])
+        else:
+            commands = _create_commands(cfg["prefix"], cfg["n"])
+        out.append(
+            asyncio.run(
+                _drive(
+                    cfg["host"],
+                    cfg["port"],
+                    commands,
+                    cfg["seconds"],
+                    cfg["connections"],
+                    cfg["depth"],
+                )
+            )
+        )
     print(json.dumps(out))
 
 
@@ -117,44 +146,53 @@ async def measure_ceiling(
     await store.load_scripts()
     host, port = url.removeprefix("redis://").split("/")[0].split(":")
     out: dict[str, Any] = {"method": "second process, raw asyncio+hiredis client, EVALSHA"}
-    for op in ("resolve", "create"):
-        for name, conns, depth in (("pipelined", 4, 16), ("unpipelined", 50, 1)):
-            cfg = {
-                "op": op, "prefix": store.prefix, "tokens": tokens[:5000], "n": 100_000,
-                "host": host, "port": int(port), "seconds": seconds,
-                "connections": conns, "depth": depth,
-            }
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.limits", json.dumps(cfg),
-                stdout=subprocess.PIPE,
-            )
-            stdout, _ = await proc.communicate()
-            res = json.loads(stdout)
-            out[f"{op}_{name}"] = {**res, "connections": conns, "depth": depth}
+    plan = [
+        (op, name, conns, depth)
+        for op in ("resolve", "create")
+        for name, conns, depth in (("pipelined", 4, 16), ("unpipelined", 50, 1))
+    ]
+    cfgs = [
+        {
+            "op": op,
+            "prefix": store.prefix,
+            "tokens": tokens[:5000],
+            "n": max(20_000, int(40_000 * seconds)),
+            "host": host,
+            "port": int(port),
+            "seconds": seconds,
+            "connections": conns,
+            "depth": depth,
+        }
+        for op, _, conns, depth in plan
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.limits", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    stdout, _ = await proc.communicate(json.dumps(cfgs).encode())
+    for (op, name, conns, depth), res in zip(plan, json.loads(stdout), strict=True):
+        out[f"{op}_{name}"] = {**res, "connections": conns, "depth": depth}
     return out
 
 
-async def measure_memory(url: str, sessions: int, stores: dict[str, Any]) -> dict[str, Any]:
+async def measure_memory(url: str, sessions: int, impls: list[Impl]) -> dict[str, Any]:
     """Server bytes per session (index entry included) for each implementation,
-    each on a freshly flushed server, `sessions` sessions over sessions/10 users."""
+    each on a freshly flushed server: `sessions` sessions over sessions/10 users."""
     client = aioredis.Redis.from_url(url)
-    out: dict[str, Any] = {"sessions": sessions, "sessions_per_user": 10, "user_agent_chars": len(UA)}
+    out: dict[str, Any] = {
+        "sessions": sessions,
+        "sessions_per_user": 10,
+        "user_agent_chars": len(UA),
+    }
     try:
-        for name, store in stores.items():
-            await client.flushall()
-            await asyncio.sleep(0.05)
+        for impl in impls:
+            await client.execute_command("FLUSHALL", "SYNC")
             before = (await client.info("memory"))["used_memory"]
-            sem = asyncio.Semaphore(64)
-
-            async def one(i: int, store: Any = store) -> None:
-                async with sem:
-                    await store.create(f"mem-user-{i // 10}", ["member"], user_agent=UA)
-
-            for start in range(0, sessions, 5000):
-                await asyncio.gather(*(one(i) for i in range(start, min(sessions, start + 5000))))
+            await impl.populate(
+                [f"mem-user-{i}" for i in range(sessions // 10)], 10, groups=("member",)
+            )
             after = (await client.info("memory"))["used_memory"]
-            out[name] = {"bytes_per_session": round((after - before) / sessions, 1)}
-        await client.flushall()
+            out[impl.name] = {"bytes_per_session": round((after - before) / sessions, 1)}
+        await client.execute_command("FLUSHALL", "SYNC")
     finally:
         await client.aclose()
     return out

@@ -166,16 +166,22 @@ class NaiveStore:
     async def remove_groups(self, user_id: str, groups: str | Iterable[str]) -> int:
         return await self._change_groups(user_id, groups, False)
 
-    async def bulk_create(self, user_id: str, n: int, user_agent: str, lifetime_ms: int) -> list[str]:
-        """Setup helper: n sessions for one user in one pipeline."""
-        tokens = [secrets.token_urlsafe(32) for _ in range(n)]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for t in tokens:
-                fields = self._fields(user_id, (), user_agent, None)
-                fields["expires"] = int(time.time() * 1000) + lifetime_ms
-                pipe.hset(self._skey(t), mapping=fields)
-                pipe.pexpire(self._skey(t), lifetime_ms)
-            pipe.sadd(self._ukey(user_id), *tokens)
-            pipe.pexpire(self._ukey(user_id), max(lifetime_ms, self.lifetime_ms))
-            await pipe.execute()
+    async def bulk_create(
+        self, sessions: list[str], user_agent: str, lifetime_ms: int, groups: Iterable[str] = ()
+    ) -> list[str]:
+        """Setup helper: one session per entry of `sessions` (a user id each),
+        written in pipelines of 2,000; returns their tokens in order."""
+        tokens = [secrets.token_urlsafe(32) for _ in sessions]
+        for start in range(0, len(sessions), 2000):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for user_id, t in zip(
+                    sessions[start : start + 2000], tokens[start : start + 2000], strict=True
+                ):
+                    fields = self._fields(user_id, groups, user_agent, None)
+                    fields["expires"] = int(time.time() * 1000) + lifetime_ms
+                    pipe.hset(self._skey(t), mapping=fields)
+                    pipe.pexpire(self._skey(t), lifetime_ms)
+                    pipe.sadd(self._ukey(user_id), t)
+                    pipe.pexpire(self._ukey(user_id), max(lifetime_ms, self.lifetime_ms))
+                await pipe.execute()
         return tokens

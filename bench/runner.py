@@ -29,6 +29,8 @@ class Result:
     errors: int
     cpu_us_per_op: float
     first_error: str | None = None
+    setup_s: float = 0.0
+    concurrency: int = 0
 
 
 async def run_scenario(
@@ -44,8 +46,12 @@ async def run_scenario(
 ) -> Result:
     """Prepare the scenario (not timed), then drive it for `duration` seconds
     or `max_ops` operations, whichever ends first."""
+    if scenario.max_concurrency:
+        concurrency = min(concurrency, scenario.max_concurrency)
     rng = random.Random(seed)
+    prep0 = time.perf_counter()
     state = await scenario.prepare(impl, rng, scale)
+    setup_s = time.perf_counter() - prep0
     hist = HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 µs .. 60 s
     done = 0
     errors = 0
@@ -107,4 +113,6 @@ async def run_scenario(
         errors=errors,
         cpu_us_per_op=round(cpu / n * 1e6, 1) if n else 0.0,
         first_error=first_error,
+        setup_s=round(setup_s, 2),
+        concurrency=concurrency,
     )

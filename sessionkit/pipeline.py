@@ -98,9 +98,14 @@ class Pipeliner:
         try:
             conn = await pool.get_connection()
             await conn.send_packed_command(payload, check_health=False)
-            # One deadline for the whole batch instead of one per reply.
-            async with asyncio.timeout(conn.socket_timeout):
+            # One timer for the batch, pushed back after every reply: each
+            # reply gets socket_timeout, however long the batch.
+            loop = asyncio.get_running_loop()
+            limit = conn.socket_timeout
+            async with asyncio.timeout(None) as deadline:
                 for call in batch:
+                    if limit is not None:
+                        deadline.reschedule(loop.time() + limit)
                     fut = call[3]
                     try:
                         reply = await conn.read_response(timeout=math.inf)

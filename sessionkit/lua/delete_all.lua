@@ -3,20 +3,34 @@
 -- KEYS[2] the user's key prefix ("<prefix>:{<tag>}:"): session keys are
 --         derived from it and the index members, in the same slot.
 -- ARGV[1] id of the session to keep ('' for none)
--- Returns {number deleted, deleted id, ...}.
+-- Returns {number deleted}.
 local index, key_prefix = KEYS[1], KEYS[2]
 local keep = ARGV[1]
 prune(index, now_ms())
+local kept_score = keep ~= '' and redis.call('ZSCORE', index, keep) or false
 local members = redis.call('ZRANGE', index, 0, -1)
-local out = {0}
-for _, id in ipairs(members) do
-  if id ~= keep then
-    if redis.call('DEL', key_prefix .. 's:' .. id) == 1 then
-      out[#out + 1] = id
-    end
-    redis.call('ZREM', index, id)
+-- After pruning, index members are live sessions; DEL counts exactly those
+-- still there, in batches that keep Lua's stack small.
+local batch = {}
+local deleted = 0
+local function flush()
+  if #batch > 0 then
+    deleted = deleted + redis.call('DEL', unpack(batch))
+    batch = {}
   end
 end
-out[1] = #out - 1
-refresh_index_ttl(index)
-return out
+for _, id in ipairs(members) do
+  if id ~= keep then
+    batch[#batch + 1] = key_prefix .. 's:' .. id
+    if #batch == 500 then
+      flush()
+    end
+  end
+end
+flush()
+redis.call('DEL', index)
+if kept_score then
+  redis.call('ZADD', index, kept_score, keep)
+  redis.call('PEXPIREAT', index, kept_score)
+end
+return {deleted}
