@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON results here")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="folder for latest.json, latest.md and latest.png (default bench/results)",
+    )
     p.add_argument("--quick", action="store_true", help="small setups, short runs (CI smoke test)")
     p.add_argument("--no-limits", action="store_true", help="skip the server ceiling and memory")
     args = p.parse_args(argv)
@@ -198,8 +204,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             memory = await _memory(args.quick)
         doc = report.build(conditions, results, ceiling, memory)
     report.print_table(doc, console)
-    report.write(doc, RESULTS, args.json)
-    console.print(f"wrote {RESULTS / 'latest.json'}, latest.md, latest.png")
+    report.write(doc, args.results, args.json)
+    console.print(f"wrote {args.results / 'latest.json'}, latest.md, latest.png")
     return doc
 
 

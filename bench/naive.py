@@ -32,16 +32,24 @@ import redis.asyncio as aioredis
 from sessionkit import Session, validate
 from sessionkit.useragent import parse_user_agent
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def _ms_time(ms: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _us_time(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 class NaiveStore:
     """Typical Redis session storage, for comparison (see the module docstring)."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "sk", lifetime: float = 14 * 86400):
-        self.client = client
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str = "sk", lifetime: float = 14 * 86400
+    ) -> None:
+        self.client: Any = client
         self.prefix = prefix
         self.lifetime_ms = int(lifetime * 1000)
 
@@ -52,15 +60,15 @@ class NaiveStore:
         return f"naive:{self.prefix}:user:{user_id}"
 
     def _session(self, token: str, h: dict[bytes, bytes], with_token: bool) -> Session:
-        created = int(h[b"created"])
+        created = _us_time(int(h[b"created"]))
         ua = h.get(b"ua", b"").decode()
         return Session(
             id=hashlib.sha256(token.encode()).hexdigest()[:22],
             user_id=h[b"uid"].decode(),
             token=token if with_token else None,
-            created_at=_ms_time(created),
+            created_at=created,
             expires_at=_ms_time(int(h[b"expires"])),
-            last_active_at=_ms_time(created),
+            last_active_at=created,
             access_groups=sorted(json.loads(h[b"groups"])),
             user_agent=parse_user_agent(ua) if ua else None,
             data=json.loads(h[b"data"]),
@@ -69,11 +77,11 @@ class NaiveStore:
     def _fields(
         self, user_id: str, groups: Iterable[str], user_agent: str | None, data: Any
     ) -> dict[str, Any]:
-        now = int(time.time() * 1000)
+        now_us = time.time_ns() // 1000
         return {
             "uid": user_id,
-            "created": now,
-            "expires": now + self.lifetime_ms,
+            "created": now_us,
+            "expires": now_us // 1000 + self.lifetime_ms,
             "groups": json.dumps(sorted(set(groups))),
             "ua": user_agent or "",
             "data": json.dumps(data or {}),
@@ -167,8 +175,12 @@ class NaiveStore:
         return await self._change_groups(user_id, groups, False)
 
     async def bulk_create(
-        self, sessions: list[str], user_agent: str, lifetime_ms: int, groups: Iterable[str] = ()
-    ) -> list[str]:
+        self,
+        sessions: builtins.list[str],
+        user_agent: str,
+        lifetime_ms: int,
+        groups: Iterable[str] = (),
+    ) -> builtins.list[str]:
         """Setup helper: one session per entry of `sessions` (a user id each),
         written in pipelines of 2,000; returns their tokens in order."""
         tokens = [secrets.token_urlsafe(32) for _ in sessions]

@@ -82,9 +82,7 @@ class SessionStore:
         # redis-py's RedisCluster can lose connections that are being opened
         # while its first topology load runs; load it once, before any call.
         self._cluster_ready = not isinstance(client, RedisCluster)
-        self._pipeliner = (
-            Pipeliner(client) if pipelining and Pipeliner.supports(client) else None
-        )
+        self._pipeliner = Pipeliner(client) if pipelining and Pipeliner.supports(client) else None
         self._init_lock = anyio.Lock()
 
     @classmethod

@@ -1,0 +1,93 @@
+"""The benchmark harness: a quick run produces well-formed results for every
+scenario and implementation, and the naive yardstick keeps the store's
+contract, so that its numbers compare like with like."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bench.naive import NaiveStore
+from bench.scenarios import SCENARIOS
+from tests.conftest import Backend
+
+# The contract tests the naive store is held to, run against it as written.
+from tests.test_store_operations import (  # noqa: F401 (collected by pytest)
+    test_create_accepts_one_group_as_text,
+    test_create_returns_a_full_session_with_its_token,
+    test_data_round_trips_exactly,
+    test_delete_removes_one_session,
+    test_get_returns_the_session_only_for_its_own_user,
+    test_group_changes_touch_every_session_and_count_changes,
+    test_list_returns_live_sessions_oldest_first_without_tokens,
+    test_resolve_finds_the_session_from_the_token_alone,
+)
+
+ROOT = Path(__file__).parent.parent
+RESULT_KEYS = {"scenario", "impl", "ops_per_s", "p50_ms", "p99_ms", "p999_ms", "errors"}
+PEER_OPS = {"create", "get", "resolve", "delete"}
+
+
+@pytest.fixture
+async def backend(server_url: str) -> AsyncIterator[Backend]:
+    """The naive store runs on the single real server only (it is not cluster-safe)."""
+    client = aioredis.Redis.from_url(server_url)
+    yield Backend("server", client)
+    await client.aclose()
+
+
+@pytest.fixture
+def store(backend: Backend, prefix: str) -> NaiveStore:
+    return NaiveStore(backend.client, prefix=prefix)  # type: ignore[arg-type]
+
+
+@pytest.mark.server
+def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
+    tmp_path: Path, server_url: str
+) -> None:
+    out = tmp_path / "run.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--quick", "--ops", "60",
+            "--redis-url", server_url, "--json", str(out), "--results", str(tmp_path / "r"),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"conditions", "results", "ratios", "ceiling", "memory"}
+    cond = doc["conditions"]
+    for key in ("python", "redis_py", "hiredis", "server", "cpu_count", "loop", "concurrency"):
+        assert cond[key], key
+    assert "valkey_version" in cond["server"] or "redis_version" in cond["server"]
+    seen = {(r["scenario"], r["impl"]) for r in doc["results"]}
+    for scenario in SCENARIOS:
+        for impl in ("sessionkit", "naive"):
+            assert (scenario.name, impl) in seen
+        assert ((scenario.name, "peer") in seen) == (scenario.needs <= PEER_OPS)
+    for r in doc["results"]:
+        assert set(r) >= RESULT_KEYS
+        assert r["errors"] == 0, r
+        assert r["ops_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"]
+    vs = {(r["scenario"], r["vs"]) for r in doc["ratios"]}
+    assert ("create", "naive") in vs and ("resolve", "peer") in vs
+    assert ("resolve", "ceiling") in vs
+    assert doc["ceiling"]["resolve_pipelined"]["ops_per_s"] > 0
+    assert doc["memory"]["sessionkit"]["bytes_per_session"] > 0
+    for name in ("latest.json", "latest.md", "latest.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 0
+    assert "web_mix" in proc.stdout
+
+
+def test_unknown_scenario_is_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--scenario", "nope"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "unknown scenario" in proc.stderr
