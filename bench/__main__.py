@@ -199,7 +199,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             made = await resolve_impl.populate([f"ceil-{i}" for i in range(2000)], 1)
             ceiling = await measure_ceiling(
-                url, resolve_impl.store, [c.token for c in made], 0.3 if args.quick else 1.5
+                url, resolve_impl.store, [c.token for c in made], 0.3 if args.quick else 1.0
             )
             memory = await _memory(args.quick)
         doc = report.build(conditions, results, ceiling, memory)

@@ -77,7 +77,7 @@ def _prep_k(
 ) -> Callable[[Impl, random.Random, float], Awaitable[Any]]:
     async def prepare(impl: Impl, rng: random.Random, scale: float) -> Any:
         if expired:
-            users = _users(max(4, int(20 * scale)), f"k{k}e{expired}")
+            users = _users(max(4, int(12 * scale)), f"k{k}e{expired}")
             await impl.populate(users, expired, short=True)
         else:
             users = _users(max(2, int(10_000 * scale) // k), f"k{k}")

@@ -23,25 +23,28 @@ from sessionkit.scripts import Script
 MAX_BATCH: Final = 512
 
 
-def _arg(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, int):
-        return b"%d" % value
-    raise TypeError(f"cannot send {type(value).__name__} to the server")
-
-
 def pack_evalsha(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:
-    """One EVALSHA in RESP."""
+    """One EVALSHA in RESP (the hot path of every pipelined call)."""
+    numkeys = b"%d" % len(keys)
     parts = [
-        b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (3 + len(keys) + len(args), script.sha.encode()),
-        b"$%d\r\n%d\r\n" % (len(str(len(keys))), len(keys)),
+        b"*%d\r\n" % (3 + len(keys) + len(args)),
+        script.resp_head,
+        b"$%d\r\n%s\r\n" % (len(numkeys), numkeys),
     ]
+    append = parts.append
     for value in (*keys, *args):
-        b = _arg(value)
-        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        kind = type(value)
+        if kind is str:
+            b = value.encode()
+        elif kind is bytes:
+            b = value
+        elif kind is int:
+            b = b"%d" % value
+        else:
+            raise TypeError(f"cannot send {kind.__name__} to the server")
+        append(b"$%d\r\n" % len(b))
+        append(b)
+        append(b"\r\n")
     return b"".join(parts)
 
 
@@ -103,9 +106,13 @@ class Pipeliner:
             loop = asyncio.get_running_loop()
             limit = conn.socket_timeout
             async with asyncio.timeout(None) as deadline:
+                pushed = -math.inf
                 for call in batch:
-                    if limit is not None:
-                        deadline.reschedule(loop.time() + limit)
+                    # Push the deadline back only now and then: rescheduling
+                    # a timer per reply would cost more than the reply.
+                    if limit is not None and loop.time() - pushed > limit / 8:
+                        pushed = loop.time()
+                        deadline.reschedule(pushed + limit)
                     fut = call[3]
                     try:
                         reply = await conn.read_response(timeout=math.inf)

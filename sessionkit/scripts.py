@@ -21,6 +21,8 @@ class Script:
     name: str
     source: str
     sha: str
+    #: ``EVALSHA <sha>`` as RESP bulk strings, for packing calls by hand.
+    resp_head: bytes
 
     async def __call__(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         """Run the script on `client` (one round trip once the server has it)."""
@@ -37,7 +39,8 @@ def _load(name: str) -> Script:
         + "\n"
         + (folder / f"{name}.lua").read_text("utf-8")
     )
-    return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+    sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+    return Script(name, source, sha, b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % sha.encode())
 
 
 class Scripts:

@@ -12,8 +12,6 @@ import redis.asyncio as aioredis
 from sessionkit import BackendUnavailable, SessionKitError, SessionStore, keys
 from sessionkit.server import EmbeddedServer
 
-pytestmark = pytest.mark.server
-
 
 @pytest.fixture
 async def named(server_url: str, prefix: str) -> AsyncIterator[tuple[SessionStore, aioredis.Redis]]:
@@ -28,6 +26,7 @@ async def _connections(admin: aioredis.Redis, name: str) -> int:
     return sum(1 for c in await admin.client_list() if c.get("name") == name)
 
 
+@pytest.mark.server
 async def test_concurrent_calls_share_connections_and_get_their_own_replies(
     named: tuple[SessionStore, aioredis.Redis], prefix: str, server_url: str
 ) -> None:
@@ -52,6 +51,7 @@ async def test_concurrent_calls_share_connections_and_get_their_own_replies(
         await unpiped.client.aclose()
 
 
+@pytest.mark.server
 async def test_an_error_reply_fails_only_its_own_call(
     named: tuple[SessionStore, aioredis.Redis], prefix: str
 ) -> None:
@@ -70,6 +70,7 @@ async def test_an_error_reply_fails_only_its_own_call(
     assert [getattr(r, "id", None) for r in ok] == [s.id for s in good]
 
 
+@pytest.mark.server
 async def test_lost_scripts_are_reloaded_inside_a_batch(
     named: tuple[SessionStore, aioredis.Redis],
 ) -> None:
@@ -80,6 +81,7 @@ async def test_lost_scripts_are_reloaded_inside_a_batch(
     assert [g.id if g else None for g in got] == [s.id for s in made]
 
 
+@pytest.mark.server
 async def test_cancelled_callers_leave_the_connection_in_step(
     named: tuple[SessionStore, aioredis.Redis],
 ) -> None:
@@ -95,6 +97,7 @@ async def test_cancelled_callers_leave_the_connection_in_step(
     assert [g.id if g else None for g in got] == [s.id for s in made]
 
 
+@pytest.mark.server
 async def test_a_server_that_dies_fails_the_whole_batch_cleanly() -> None:
     server = EmbeddedServer()
     server.start()
@@ -109,3 +112,17 @@ async def test_a_server_that_dies_fails_the_whole_batch_cleanly() -> None:
     finally:
         await store.aclose()
         server.stop()
+
+
+def test_hand_packed_calls_match_redis_py_byte_for_byte() -> None:
+    from redis.asyncio.connection import Connection
+
+    from sessionkit.pipeline import pack_evalsha
+    from sessionkit.scripts import Scripts
+
+    keys_ = ("sk:{0001}:s:abc", "sk:{0001}:")
+    args = ("", "é ünïcode", 0, 60_000, b"\x00raw\r\n", -5)
+    theirs = b"".join(Connection().pack_command("EVALSHA", Scripts.get.sha, 2, *keys_, *args))
+    assert pack_evalsha(Scripts.get, keys_, args) == theirs
+    with pytest.raises(TypeError):
+        pack_evalsha(Scripts.get, keys_, (1.5,))
