@@ -180,7 +180,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         )
     ax1.set_ylabel("ops/s (log)")
     ax1.set_yscale("log")
-    ax1.legend()
+    ax1.legend(loc="upper right", fontsize=8)
     ax1.set_title(
         f"sessionkit vs naive vs peer — concurrency {doc['conditions']['concurrency']}, "
         f"{doc['conditions']['cpu_count']} CPUs, {doc['conditions']['server_short']}"
