@@ -7,7 +7,8 @@ is a bucket number (0..16383) taken from a SHA-256 of the user id, never the id
 itself, so no user id, whatever characters it holds (``{``, ``}``, ``:``, ...),
 can shape another user's key names:
 
-* ``<prefix>:{<tag>}:s:<session id>``  the session (a string value)
+* ``<prefix>:{<tag>}:s:<session id>``  the session (a string value); the
+  session id is the bucket and a digest of the token
 * ``<prefix>:{<tag>}:u:<user digest>`` the user's index (a sorted set of
   session ids scored by expiry)
 
@@ -32,6 +33,7 @@ from sessionkit.defaults import BUCKETS
 TOKEN_RANDOM_BYTES: Final = 32
 TOKEN_CHARS: Final = 46  # base64url of 2 + 32 bytes, unpadded
 DIGEST_CHARS: Final = 22  # base64url of 16 bytes, unpadded
+SESSION_ID_CHARS: Final = 24  # base64url of the 2-byte bucket + a 16-byte token digest
 _TOKEN_ALPHABET: Final = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 )
@@ -52,23 +54,40 @@ def new_token(bucket: int) -> str:
     return _b64(bucket.to_bytes(2, "big") + secrets.token_bytes(TOKEN_RANDOM_BYTES))
 
 
-def token_bucket(token: object) -> int | None:
-    """The bucket a token names, or None if it is not a well-formed token."""
-    if not isinstance(token, str) or len(token) != TOKEN_CHARS:
-        return None
-    if not _TOKEN_ALPHABET.issuperset(token):
-        return None
+def _bucket_of(value: str) -> int | None:
+    """The bucket named by the first two bytes of a token or session id."""
     try:
-        head = base64.urlsafe_b64decode(token[:4])
+        head = base64.urlsafe_b64decode(value[:4])
     except (binascii.Error, ValueError):
         return None
     bucket = int.from_bytes(head[:2], "big")
     return bucket if bucket < BUCKETS else None
 
 
+def token_bucket(token: object) -> int | None:
+    """The bucket a token names, or None if it is not a well-formed token."""
+    if not isinstance(token, str) or len(token) != TOKEN_CHARS:
+        return None
+    if not _TOKEN_ALPHABET.issuperset(token):
+        return None
+    return _bucket_of(token)
+
+
 def session_id(token: str) -> str:
-    """The public, non-secret session id: a digest of the token."""
-    return _b64(hashlib.sha256(b"sessionkit-token\0" + token.encode("ascii")).digest()[:16])
+    """The public, non-secret id of a well-formed token's session: the
+    token's bucket and a digest of the token. It finds the session (in the
+    user's hash slot) but cannot be turned back into a token."""
+    digest = hashlib.sha256(b"sessionkit-token\0" + token.encode("ascii")).digest()[:16]
+    return _b64(base64.urlsafe_b64decode(token[:4])[:2] + digest)
+
+
+def session_id_bucket(value: object) -> int | None:
+    """The bucket a session id names, or None if it is not a well-formed id."""
+    if not isinstance(value, str) or len(value) != SESSION_ID_CHARS:
+        return None
+    if not _TOKEN_ALPHABET.issuperset(value):
+        return None
+    return _bucket_of(value)
 
 
 def user_prefix(prefix: str, bucket: int) -> str:
@@ -82,10 +101,3 @@ def session_key(prefix: str, bucket: int, sid: str) -> str:
 
 def index_key(prefix: str, bucket: int, digest: str) -> str:
     return f"{user_prefix(prefix, bucket)}u:{digest}"
-
-
-def is_session_id(value: object) -> bool:
-    """Whether `value` has the shape of a session id (a cheap pre-check)."""
-    return (
-        isinstance(value, str) and len(value) == DIGEST_CHARS and _TOKEN_ALPHABET.issuperset(value)
-    )

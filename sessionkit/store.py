@@ -260,17 +260,18 @@ class SessionStore:
         digest, bucket = keys.user_digest(uid)
         if keys.token_bucket(token) != bucket:
             return False
-        return await self._delete(digest, bucket, keys.session_id(token))
+        return await self._delete(digest, bucket, keys.session_id(token)) == 1
 
     async def delete_by_id(self, user_id: str, session_id: str) -> bool:
         """Delete a session of `user_id` by its public id (e.g. "sign out that device")."""
         uid = validate.user_id(user_id)
-        if not keys.is_session_id(session_id):
-            return False
         digest, bucket = keys.user_digest(uid)
-        return await self._delete(digest, bucket, session_id)
+        if keys.session_id_bucket(session_id) != bucket:
+            return False  # malformed, or another user's (their bucket differs)
+        return await self._delete(digest, bucket, session_id) == 1
 
-    async def _delete(self, digest: str, bucket: int, sid: str) -> bool:
+    async def _delete(self, digest: str, bucket: int, sid: str) -> int:
+        """1: deleted; 0: no such session; -1: the session is another user's."""
         n = await self._run(
             Scripts.delete,
             (
@@ -279,7 +280,7 @@ class SessionStore:
             ),
             (digest, sid),
         )
-        return bool(n)
+        return int(n)
 
     async def delete_all(self, user_id: str, *, except_token: str | None = None) -> int:
         """Delete every session of `user_id` (but the one of `except_token`,

@@ -137,3 +137,32 @@ async def test_tokens_from_another_prefix_never_resolve(backend: Backend, prefix
 async def test_prefixes_that_would_break_the_layout_are_refused(backend: Backend, bad: str) -> None:
     with pytest.raises(ValueError, match="prefix"):
         SessionStore(backend.client, prefix=bad)
+
+
+def _two_users_in_one_bucket() -> tuple[str, str]:
+    seen: dict[int, str] = {}
+    for i in range(100_000):
+        uid = f"neighbour-{i}"
+        _, bucket = user_digest(uid)
+        if bucket in seen:
+            return seen[bucket], uid
+        seen[bucket] = uid
+    raise AssertionError("no two users share a bucket")
+
+
+async def test_users_sharing_a_hash_tag_still_cannot_reach_each_other(
+    store: SessionStore,
+) -> None:
+    a, b = _two_users_in_one_bucket()
+    sa = await store.create(a, "a-group")
+    sb = await store.create(b, "b-group")
+    assert sa.id[:2] == sb.id[:2]  # same bucket, same slot
+    assert await store.get(b, sa.token or "") is None
+    assert await store.delete(b, sa.token or "") is False
+    assert await store.delete_by_id(b, sa.id) is False
+    assert await store.add_groups(b, "more") == 1
+    assert [s.id for s in await store.list(a)] == [sa.id]
+    got = await store.get(a, sa.token or "")
+    assert got is not None and got.access_groups == ["a-group"]
+    assert await store.delete_all(b) == 1
+    assert await store.resolve(sa.token or "") is not None
