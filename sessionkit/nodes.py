@@ -61,8 +61,10 @@ class Node:
                 details={"parameter": "error_management"},
             )
         links = tuple(inputs)
-        if INPUT not in links or len(set(links)) != len(links) or not all(
-            isinstance(x, str) and x for x in links
+        if (
+            INPUT not in links
+            or len(set(links)) != len(links)
+            or not all(isinstance(x, str) and x for x in links)
         ):
             raise ValidationError(
                 f"{self.type_name}: input link points must be distinct names including "

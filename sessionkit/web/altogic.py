@@ -1,0 +1,114 @@
+"""Session endpoints compatible with the `altogic` JavaScript client.
+
+Front ends built on that client list sessions, recognise the current one by
+comparing `token`s, and revoke another device with ``signOut(session.token)``.
+sessionkit never hands out other devices' tokens, so the listing carries the
+caller's own session with its real token and every other session with its
+public id in `token`; ``signout`` accepts such an id for a session of the
+caller's own user (another user's: 403; an unknown one: 200, nothing done).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, Router
+
+from sessionkit import keys
+from sessionkit.store import SessionStore
+from sessionkit.web.auth import (
+    require_session,
+    session_state,
+    sign_out,
+    sign_out_everywhere,
+    sign_out_everywhere_else,
+)
+from sessionkit.web.errors import AccessDenied
+
+PREFIX = "/_api/rest/v1/auth"
+
+
+def _guarded(request: Request) -> Any:
+    return require_session.check(request)
+
+
+async def _sessions(request: Request) -> Response:
+    try:
+        current = _guarded(request)
+    except AccessDenied as denied:
+        return denied.response()
+    store = session_state(request).store
+    listing = []
+    for s in await store.list(current.user_id):
+        doc = s.to_dict()
+        doc["token"] = current.token if s.id == current.id else s.id
+        listing.append(doc)
+    return JSONResponse(listing)
+
+
+async def _signout(request: Request) -> Response:
+    try:
+        current = _guarded(request)
+    except AccessDenied as denied:
+        return denied.response()
+    body: Any = {}
+    raw = await request.body()
+    if raw.strip():
+        try:
+            body = await request.json()
+        except ValueError:
+            return AccessDenied(400, "validation_error", "the body is not JSON").response()
+    target = body.get("token") if isinstance(body, dict) else None
+    if target is None or target == current.token or target == current.id:
+        await sign_out(request)
+        return JSONResponse({})
+    if not isinstance(target, str):
+        return AccessDenied(400, "validation_error", "token must be text").response()
+    sid = keys.session_id(target) if keys.token_bucket(target) is not None else target
+    bucket = keys.session_id_bucket(sid)
+    if bucket is None:
+        return JSONResponse({})  # no such session: nothing to do
+    digest, user_bucket = keys.user_digest(current.user_id)
+    store = session_state(request).store
+    outcome = -1 if bucket != user_bucket else await store._delete(digest, bucket, sid)
+    if outcome < 0:
+        return AccessDenied(403, "forbidden", "that session belongs to another user").response()
+    return JSONResponse({})
+
+
+async def _signout_all(request: Request) -> Response:
+    try:
+        _guarded(request)
+    except AccessDenied as denied:
+        return denied.response()
+    await sign_out_everywhere(request)
+    return JSONResponse({})
+
+
+async def _signout_all_except(request: Request) -> Response:
+    try:
+        _guarded(request)
+    except AccessDenied as denied:
+        return denied.response()
+    await sign_out_everywhere_else(request)
+    return JSONResponse({})
+
+
+def altogic_routes(prefix: str = PREFIX) -> list[BaseRoute]:
+    """The routes, for ``Starlette(routes=[...])`` or
+    ``app.router.routes.extend(...)``; the app needs `SessionMiddleware`."""
+    return [
+        Route(f"{prefix}/sessions", _sessions, methods=["GET"]),
+        Route(f"{prefix}/signout", _signout, methods=["POST"]),
+        Route(f"{prefix}/signout-all", _signout_all, methods=["POST"]),
+        Route(f"{prefix}/signout-all-except", _signout_all_except, methods=["POST"]),
+    ]
+
+
+def altogic_router(store: SessionStore | None = None, prefix: str = PREFIX) -> Router:
+    """The same routes as a mountable Starlette `Router`. The store is the one
+    `SessionMiddleware` was given; `store` is accepted for symmetry and unused."""
+    del store
+    return Router(routes=altogic_routes(prefix))

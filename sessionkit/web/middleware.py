@@ -1,0 +1,140 @@
+"""`SessionMiddleware`: resolves the request's session from its token, in one
+round trip, and writes cookies only when a helper changed the session."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any, Literal
+
+from sessionkit.model import Session
+from sessionkit.store import SessionStore
+from sessionkit.web.errors import AccessDenied
+from sessionkit.web.types import ASGIApp, Message, Receive, Scope, Send
+
+SameSite = Literal["lax", "strict", "none"]
+SCOPE_KEY = "sessionkit"
+
+
+@dataclass
+class SessionState:
+    """What the middleware knows about one request (``scope["sessionkit"]``)."""
+
+    middleware: SessionMiddleware
+    token: str | None
+    session: Session | None
+    #: A Set-Cookie header value to add to the response, set by the helpers.
+    cookie: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store(self) -> SessionStore:
+        return self.middleware.store
+
+
+class SessionMiddleware:
+    """Plain ASGI session middleware (Starlette, FastAPI, Litestar, bare ASGI).
+
+    The token comes from the ``header_name`` request header (the platform's
+    ``Session`` header) or, failing that, from the ``cookie_name`` cookie. It
+    is resolved with one `SessionStore.resolve`; the session (or None) is in
+    ``scope["session"]``. No token, or a dead one, means no session, never an
+    error. A request that changes nothing writes nothing and sets no cookie.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: SessionStore,
+        *,
+        header_name: str = "Session",
+        cookie_name: str = "sessionkit",
+        secure: bool = True,
+        same_site: SameSite = "lax",
+        cookie_path: str = "/",
+        cookie_domain: str | None = None,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.header = header_name.lower().encode("latin-1")
+        self.cookie_name = cookie_name
+        self.secure = secure
+        self.same_site = same_site
+        self.cookie_path = cookie_path
+        self.cookie_domain = cookie_domain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        token = self._token(scope)
+        session = await self.store.resolve(token) if token else None
+        state = SessionState(self, token, session)
+        scope[SCOPE_KEY] = state
+        scope["session"] = session
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start" and state.cookie is not None:
+                headers = list(message.get("headers", []))
+                headers.append((b"set-cookie", state.cookie.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_cookie(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except AccessDenied as denied:  # raised by a guard used as a dependency
+            if started or scope["type"] != "http":
+                raise
+            await denied.response()(scope, receive, send_with_cookie)
+
+    def _token(self, scope: Scope) -> str | None:
+        cookie_header: bytes | None = None
+        for name, raw in scope.get("headers", []):
+            if name == self.header:
+                text: str = raw.decode("latin-1").strip()
+                if text:
+                    return text
+            elif name == b"cookie":
+                cookie_header = raw
+        if cookie_header is None:
+            return None
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(cookie_header.decode("latin-1"))
+        except Exception:  # a malformed Cookie header is no session, not an error
+            return None
+        morsel = jar.get(self.cookie_name)
+        found: str | None = morsel.value if morsel is not None else None
+        return found or None
+
+    def set_cookie(self, token: str, expires_at: float) -> str:
+        """The Set-Cookie value for a session token valid until `expires_at`."""
+        max_age = max(0, int(expires_at - time.time()))
+        return self._cookie(f"{self.cookie_name}={token}", f"Max-Age={max_age}")
+
+    def clear_cookie(self) -> str:
+        """The Set-Cookie value that makes the browser drop the token."""
+        return self._cookie(
+            f"{self.cookie_name}=", "Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+        )
+
+    def _cookie(self, *parts: str) -> str:
+        attrs = [
+            *parts,
+            f"Path={self.cookie_path}",
+            "HttpOnly",
+            f"SameSite={self.same_site.title()}",
+        ]
+        if self.cookie_domain:
+            attrs.append(f"Domain={self.cookie_domain}")
+        if self.secure or self.same_site == "none":
+            attrs.append("Secure")
+        return "; ".join(attrs)

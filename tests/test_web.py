@@ -1,0 +1,284 @@
+"""The ASGI session layer on Starlette and FastAPI apps, over httpx, against
+the real embedded server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sessionkit import Session, SessionStore
+from sessionkit.web import (
+    SessionMiddleware,
+    altogic_routes,
+    get_session,
+    require_groups,
+    require_session,
+    sign_in,
+    sign_out,
+    sign_out_everywhere,
+    sign_out_everywhere_else,
+)
+
+pytestmark = pytest.mark.server
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+
+
+@pytest.fixture
+async def store(server_url: str, prefix: str) -> AsyncIterator[SessionStore]:
+    client = aioredis.Redis.from_url(server_url)
+    yield SessionStore(client, prefix=prefix)
+    await client.aclose()
+
+
+def starlette_app(store: SessionStore, **options: Any) -> Starlette:
+    async def whoami(request: Request) -> JSONResponse:
+        s = get_session(request)
+        return JSONResponse(s.to_dict() if s else None)
+
+    async def login(request: Request) -> JSONResponse:
+        body = await request.json()
+        s = await sign_in(request, body["user"], body.get("groups", []))
+        return JSONResponse({"token": s.token, "id": s.id})
+
+    async def logout(request: Request) -> JSONResponse:
+        return JSONResponse({"done": await sign_out(request)})
+
+    async def logout_others(request: Request) -> JSONResponse:
+        return JSONResponse({"n": await sign_out_everywhere_else(request)})
+
+    async def logout_all(request: Request) -> JSONResponse:
+        return JSONResponse({"n": await sign_out_everywhere(request)})
+
+    @require_session
+    async def private(request: Request) -> JSONResponse:
+        return JSONResponse({"user": request.scope["session"].user_id})
+
+    @require_groups("admin", "root")
+    async def admin(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    @require_groups("a", "b", mode="all")
+    async def both(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(
+        routes=[
+            Route("/whoami", whoami),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/logout-others", logout_others, methods=["POST"]),
+            Route("/logout-all", logout_all, methods=["POST"]),
+            Route("/private", private),
+            Route("/admin", admin),
+            Route("/both", both),
+            *altogic_routes(),
+        ]
+    )
+    app.add_middleware(SessionMiddleware, store=store, **options)
+    return app
+
+
+def fastapi_app(store: SessionStore) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(SessionMiddleware, store=store)
+
+    @app.post("/login")
+    async def login(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        s = await sign_in(request, body["user"], body.get("groups", []))
+        return {"token": s.token}
+
+    @app.get("/private")
+    async def private(session: Session = Depends(require_session)) -> dict[str, Any]:  # noqa: B008
+        return {"user": session.user_id, "groups": session.access_groups}
+
+    @app.get("/admin")
+    async def admin(session: Session = Depends(require_groups("admin"))) -> dict[str, Any]:  # noqa: B008
+        return {"user": session.user_id}
+
+    return app
+
+
+def client_for(app: Any, base: str = "https://testserver") -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base)
+
+
+async def test_no_token_means_no_session_and_a_401_on_guarded_routes(store: SessionStore) -> None:
+    async with client_for(starlette_app(store)) as http:
+        r = await http.get("/whoami")
+        assert r.status_code == 200 and r.json() is None
+        assert "set-cookie" not in r.headers
+        r = await http.get("/private")
+        assert r.status_code == 401
+        assert r.json() == {
+            "errors": [
+                {
+                    "origin": "client",
+                    "code": "missing_session_token",
+                    "message": r.json()["errors"][0]["message"],
+                }
+            ]
+        }
+        r = await http.get("/private", headers={"Session": "not-a-real-token"})
+        assert r.status_code == 401
+        assert r.json()["errors"][0]["code"] == "invalid_session_token"
+
+
+async def test_sign_in_sets_a_safe_cookie_and_the_token_works_from_header_or_cookie(
+    store: SessionStore,
+) -> None:
+    async with client_for(starlette_app(store)) as http:
+        r = await http.post("/login", json={"user": "alice", "groups": ["member"]},
+                            headers={"User-Agent": FIREFOX})  # fmt: skip
+        token = r.json()["token"]
+        cookie = r.headers["set-cookie"]
+        attrs = [a.strip() for a in cookie.split(";")]
+        assert attrs[0] == f"sessionkit={token}"
+        assert {"HttpOnly", "SameSite=Lax", "Secure", "Path=/"} <= set(attrs)
+        max_age = int(next(a for a in attrs if a.startswith("Max-Age=")).split("=")[1])
+        assert 14 * 86400 - 5 <= max_age <= 14 * 86400
+        # The cookie jar now sends it back.
+        me = (await http.get("/whoami")).json()
+        assert me["userId"] == "alice" and me["userAgent"]["family"] == "Firefox"
+        bob = await store.create("bob")
+        # The Session header wins over the cookie.
+        assert (await http.get("/whoami", headers={"Session": bob.token or ""})).json()[
+            "userId"
+        ] == "bob"
+    async with client_for(starlette_app(store)) as fresh:
+        assert (await fresh.get("/private", headers={"Session": token})).json() == {"user": "alice"}
+
+
+async def test_plain_http_apps_get_cookies_without_secure(store: SessionStore) -> None:
+    async with client_for(starlette_app(store, secure=False), "http://testserver") as http:
+        r = await http.post("/login", json={"user": "alice"})
+        assert "Secure" not in r.headers["set-cookie"]
+        assert (await http.get("/private")).status_code == 200
+
+
+async def test_sign_in_always_issues_a_new_token_and_revokes_the_old(store: SessionStore) -> None:
+    planted = await store.create("victim")
+    async with client_for(starlette_app(store)) as http:
+        http.cookies.set("sessionkit", planted.token or "")
+        r = await http.post("/login", json={"user": "victim"})
+        new = r.json()["token"]
+        assert new != planted.token
+        assert await store.resolve(planted.token or "") is None
+        assert await store.resolve(new) is not None
+
+
+async def test_sign_out_variants(store: SessionStore) -> None:
+    others = [await store.create("carol") for _ in range(2)]
+    async with client_for(starlette_app(store)) as http:
+        await http.post("/login", json={"user": "carol"})
+        assert (await http.post("/logout-others")).json() == {"n": 2}
+        assert all([await store.resolve(o.token or "") is None for o in others])
+        assert len(await store.list("carol")) == 1
+        r = await http.post("/logout")
+        assert r.json() == {"done": True}
+        assert "Max-Age=0" in r.headers["set-cookie"]
+        assert await store.list("carol") == []
+        assert (await http.get("/private")).status_code == 401
+        await http.post("/login", json={"user": "carol"})
+        await store.create("carol")
+        r = await http.post("/logout-all")
+        assert r.json() == {"n": 2} and "Max-Age=0" in r.headers["set-cookie"]
+        assert await store.list("carol") == []
+
+
+async def test_group_guards_and_changes_take_effect_on_the_next_request(
+    store: SessionStore,
+) -> None:
+    async with client_for(starlette_app(store)) as http:
+        await http.post("/login", json={"user": "dave", "groups": ["a"]})
+        r = await http.get("/admin")
+        assert r.status_code == 403 and r.json()["errors"][0]["code"] == "forbidden"
+        assert (await http.get("/both")).status_code == 403
+        await store.add_groups("dave", ["root", "b"])
+        assert (await http.get("/admin")).status_code == 200  # any of admin, root
+        assert (await http.get("/both")).status_code == 200  # all of a, b
+        await store.remove_groups("dave", "root")
+        assert (await http.get("/admin")).status_code == 403
+
+
+async def test_fastapi_dependencies_return_the_session(store: SessionStore) -> None:
+    async with client_for(fastapi_app(store)) as http:
+        r = await http.get("/private")
+        assert r.status_code == 401 and r.json()["errors"][0]["code"] == "missing_session_token"
+        token = (await http.post("/login", json={"user": "erin", "groups": ["x"]})).json()["token"]
+        assert (await http.get("/private")).json() == {"user": "erin", "groups": ["x"]}
+        r = await http.get("/admin")
+        assert r.status_code == 403 and r.json()["errors"][0]["origin"] == "client"
+        await store.add_groups("erin", "admin")
+        assert (await http.get("/admin", headers={"Session": token})).json() == {"user": "erin"}
+
+
+async def test_an_unchanged_request_writes_nothing(store: SessionStore, server_url: str) -> None:
+    admin = aioredis.Redis.from_url(server_url)
+    try:
+        async with client_for(starlette_app(store)) as http:
+            await http.post("/login", json={"user": "frank"})
+            await admin.config_resetstat()
+            for _ in range(10):
+                r = await http.get("/private")
+                assert r.status_code == 200 and "set-cookie" not in r.headers
+                r = await http.get("/whoami")
+                assert "set-cookie" not in r.headers
+            stats = await admin.info("commandstats")
+        calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+        assert calls["evalsha"] == 20  # one resolve per request
+        writes = {"set", "setrange", "zadd", "del", "pexpire", "pexpireat", "zrem", "eval"}
+        assert not writes & set(calls), calls
+    finally:
+        await admin.aclose()
+
+
+async def test_other_scopes_pass_through_untouched(store: SessionStore) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    mw = SessionMiddleware(inner, store)
+    await mw({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    assert seen == [{"type": "lifespan"}]
+
+
+async def test_altogic_endpoints(store: SessionStore) -> None:
+    base = "/_api/rest/v1/auth"
+    other_user = await store.create("mallory")
+    async with client_for(starlette_app(store)) as http:
+        assert (await http.get(f"{base}/sessions")).status_code == 401
+        me = (await http.post("/login", json={"user": "gina"})).json()
+        tablet = await store.create("gina")
+        phone = await store.create("gina")
+        hdr = {"Session": me["token"]}
+        listing = (await http.get(f"{base}/sessions", headers=hdr)).json()
+        assert [s["token"] for s in listing] == [me["token"], tablet.id, phone.id]
+        assert all(s["userId"] == "gina" for s in listing)
+        # A handle of another user's session: 403, and nothing is deleted.
+        r = await http.post(f"{base}/signout", json={"token": other_user.id}, headers=hdr)
+        assert r.status_code == 403 and r.json()["errors"][0]["code"] == "forbidden"
+        assert await store.resolve(other_user.token or "") is not None
+        # An unknown handle: 200, nothing done.
+        unknown = phone.id[:10] + ("A" if phone.id[10] != "A" else "B") + phone.id[11:]
+        r = await http.post(f"{base}/signout", json={"token": unknown}, headers=hdr)
+        assert r.status_code == 200 and len(await store.list("gina")) == 3
+        r = await http.post(f"{base}/signout", json={"token": tablet.id}, headers=hdr)
+        assert r.status_code == 200 and await store.resolve(tablet.token or "") is None
+        r = await http.post(f"{base}/signout-all-except", headers=hdr)
+        assert r.status_code == 200
+        assert [s.id for s in await store.list("gina")] == [me["id"]]
+        r = await http.post(f"{base}/signout-all", headers=hdr)
+        assert r.status_code == 200 and await store.list("gina") == []
+        r = await http.get(f"{base}/sessions", headers=hdr)
+        assert r.status_code == 401 and r.json()["errors"][0]["code"] == "invalid_session_token"
