@@ -27,11 +27,15 @@ async def main() -> None:
             print(f"  {s.id}  {device:<28} groups={s.access_groups}")
         print(f"add 'admin' to every session: {await store.add_groups('alice', 'admin')} changed")
         resolved = await store.resolve(phone.token or "")
-        print(f"phone's token resolves to {resolved.user_id if resolved else None}, "
-              f"groups={resolved.access_groups if resolved else None}")
+        print(
+            f"phone's token resolves to {resolved.user_id if resolved else None}, "
+            f"groups={resolved.access_groups if resolved else None}"
+        )
         print(f"remove 'admin': {await store.remove_groups('alice', 'admin')} changed")
-        print(f"sign out everywhere but the laptop: "
-              f"{await store.delete_all('alice', except_token=laptop.token)} deleted")
+        print(
+            f"sign out everywhere but the laptop: "
+            f"{await store.delete_all('alice', except_token=laptop.token)} deleted"
+        )
         print(f"phone's token now resolves to: {await store.resolve(phone.token or '')}")
         print(f"delete the laptop session: {await store.delete('alice', laptop.token or '')}")
         print(f"alice has {len(await store.list('alice'))} sessions left")

@@ -28,3 +28,27 @@ def test_readme_example_runs(code: str, tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip()
+
+
+@pytest.mark.server
+async def test_readme_fastapi_example_works_as_written(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    (code,) = [b for b in BLOCKS if "FastAPI()" in b]
+    assert len(code.strip().splitlines()) <= 22
+    monkeypatch.setenv("REDIS_URL", server_url)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app = namespace["app"]
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="https://t") as http:
+        assert (await http.get("/me")).status_code == 401
+        token = (await http.post("/login/zoe")).json()["token"]
+        assert (await http.get("/me")).json() == {"user": "zoe", "groups": ["member"]}
+        assert (await http.get("/admin")).status_code == 403
+        await namespace["store"].add_groups("zoe", "admin")  # type: ignore[attr-defined]
+        r = await http.get("/admin", headers={"Session": token})
+        assert r.json() == {"hello": "zoe"}
+    await namespace["store"].aclose()  # type: ignore[attr-defined]

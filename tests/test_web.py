@@ -3,7 +3,7 @@ the real embedded server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -245,8 +245,8 @@ async def test_an_unchanged_request_writes_nothing(store: SessionStore, server_u
 async def test_other_scopes_pass_through_untouched(store: SessionStore) -> None:
     seen: list[dict[str, Any]] = []
 
-    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        seen.append(scope)
+    async def inner(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        seen.append(dict(scope))
 
     mw = SessionMiddleware(inner, store)
     await mw({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
