@@ -18,8 +18,8 @@ from sessionkit import SessionStore
 
 UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
-    "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
-)  # a typical 130-character browser user agent
+    "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51"
+)  # a typical browser user agent, 129 characters
 
 ALL_OPS = frozenset(
     {"create", "get", "resolve", "list", "delete", "delete_all", "add_groups", "remove_groups"}

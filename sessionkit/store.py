@@ -4,6 +4,7 @@ script, so each is atomic and costs one round trip."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import Iterable
 from datetime import timedelta
 from types import TracebackType
@@ -14,6 +15,8 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from sessionkit import keys, validate
 from sessionkit.defaults import LIFETIME, POOL_SIZE, POOL_TIMEOUT, PREFIX, TOUCH_INTERVAL
@@ -24,6 +27,9 @@ from sessionkit.scripts import Script, Scripts
 
 Client = aioredis.Redis | RedisCluster
 Duration = int | float | timedelta
+
+#: Broken connections: worth one more try on a fresh connection.
+_RETRYABLE = (rx.ConnectionError, ConnectionError)
 
 _UNAVAILABLE = (
     rx.ConnectionError,
@@ -50,7 +56,9 @@ class SessionStore:
     makes a create evict the user's oldest sessions; `touch_interval` bounds
     how often reads rewrite last-active time when there is no idle timeout.
     With `pipelining` (the default, on a single-server redis-py client),
-    calls made concurrently by many tasks share one socket write.
+    calls made concurrently by many tasks share one socket write. A call whose
+    connection breaks is retried `retries` times on a fresh one (every script
+    is safe to repeat); a server that does not answer in time is not retried.
     """
 
     def __init__(
@@ -63,6 +71,7 @@ class SessionStore:
         max_sessions_per_user: int | None = None,
         touch_interval: Duration = TOUCH_INTERVAL,
         pipelining: bool = True,
+        retries: int = 2,
         **unknown: object,
     ) -> None:
         if unknown:
@@ -78,6 +87,12 @@ class SessionStore:
             max_sessions_per_user, "max_sessions_per_user"
         )
         self.touch_interval_ms = validate.duration_ms(touch_interval, "touch_interval")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise ValidationError(
+                f"retries must be an int from 0 to 10, got {retries!r}",
+                details={"parameter": "retries"},
+            )
+        self.retries = retries
         self._owns_client = False
         # redis-py's RedisCluster can lose connections that are being opened
         # while its first topology load runs; load it once, before any call.
@@ -100,7 +115,10 @@ class SessionStore:
         `redis://`, `rediss://` (TLS) and `unix://` URLs reach one server;
         `redis+cluster://` / `rediss+cluster://` (or `cluster=True`) a Redis
         Cluster through the node in the URL. Callers beyond `pool_size`
-        concurrent operations wait for a connection instead of failing.
+        concurrent operations wait for a connection instead of failing. On
+        one server, redis-py's own retries are off: the store retries a broken
+        connection itself and reports a timeout at once. On a cluster, redis-py
+        keeps its retries, which follow failovers and slot moves.
         """
         scheme = urlsplit(url).scheme
         if scheme.endswith("+cluster"):
@@ -124,6 +142,7 @@ class SessionStore:
             pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=pool_size,
+                retry=Retry(NoBackoff(), 0),
                 timeout=POOL_TIMEOUT,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=socket_timeout,
@@ -328,30 +347,55 @@ class SessionStore:
                 self._cluster_ready = True
 
     async def _run(self, script: Script, key_names: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        try:
-            if self._pipeliner is not None:
-                return await self._pipeliner.call(script, key_names, args)
-            if not self._cluster_ready:
-                await self._initialize_cluster()
-            return await script(self.client, key_names, args)
-        except _UNAVAILABLE as exc:
-            timeout = isinstance(exc, (rx.TimeoutError, builtins.TimeoutError))
-            raise BackendUnavailable(
-                f"the session server {'timed out' if timeout else 'is unreachable'} "
-                f"during {script.name}: {exc}",
-                code="backend_timeout" if timeout else "backend_unavailable",
-                details={"operation": script.name},
-            ) from exc
-        except rx.RedisError as exc:
-            raise BackendError(
-                f"the session server refused {script.name}: {exc}",
-                details={"operation": script.name},
-            ) from exc
-        except Exception as exc:  # a fault inside the client library itself
-            raise BackendError(
-                f"the Redis client failed during {script.name}: {exc!r}",
-                details={"operation": script.name},
-            ) from exc
+        attempt = 0
+        while True:
+            try:
+                return await self._call(script, key_names, args)
+            except _RETRYABLE as exc:
+                # The connection broke (killed, reset, failed over). Every
+                # script is safe to run again with the same arguments: a
+                # retried create finds the session its first attempt made.
+                if attempt >= self.retries:
+                    raise _unavailable(script, exc) from exc
+                attempt += 1
+                await self._drop_idle_connections()
+                await anyio.sleep(0.05 * attempt)
+            except _UNAVAILABLE as exc:
+                raise _unavailable(script, exc) from exc
+            except rx.RedisError as exc:
+                raise BackendError(
+                    f"the session server refused {script.name}: {exc}",
+                    details={"operation": script.name},
+                ) from exc
+            except Exception as exc:  # a fault inside the client library itself
+                raise BackendError(
+                    f"the Redis client failed during {script.name}: {exc!r}",
+                    details={"operation": script.name},
+                ) from exc
+
+    async def _drop_idle_connections(self) -> None:
+        """After a broken connection the others are suspect too (a restart,
+        a failover, CLIENT KILL): close the idle ones so the retry dials anew."""
+        if isinstance(self.client, aioredis.Redis):
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.disconnect(inuse_connections=False)
+
+    async def _call(self, script: Script, key_names: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        if self._pipeliner is not None:
+            return await self._pipeliner.call(script, key_names, args)
+        if not self._cluster_ready:
+            await self._initialize_cluster()
+        return await script(self.client, key_names, args)
+
+
+def _unavailable(script: Script, exc: BaseException) -> BackendUnavailable:
+    timeout = isinstance(exc, (rx.TimeoutError, builtins.TimeoutError))
+    return BackendUnavailable(
+        f"the session server {'timed out' if timeout else 'is unreachable'} "
+        f"during {script.name}: {exc}",
+        code="backend_timeout" if timeout else "backend_unavailable",
+        details={"operation": script.name},
+    )
 
 
 __all__ = ["Client", "Duration", "SessionStore"]
