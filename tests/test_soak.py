@@ -1,0 +1,115 @@
+"""A bounded soak: the web mix at concurrency 200 over 10,000 users with
+lifetimes that roll over during the run. Zero errors; server memory and key
+count flat once sessions expire as fast as they are made; the client's tasks,
+connections and memory flat too."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from sessionkit import SessionStore
+from sessionkit.server import EmbeddedServer
+
+pytestmark = pytest.mark.server
+SECONDS = float(os.environ.get("SOAK_SECONDS", "24"))
+LIFETIME = 3.0
+UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[EmbeddedServer]:
+    async with EmbeddedServer() as s:
+        yield s
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.timeout(SECONDS * 4 + 60)
+async def test_web_mix_soak_is_error_free_and_flat(server: EmbeddedServer) -> None:
+    store = SessionStore.from_url(server.url, lifetime=LIFETIME)
+    admin = aioredis.Redis.from_url(server.url)
+    users = [f"soak-{i}" for i in range(10_000)]
+    tokens: dict[str, list[str]] = {u: [] for u in users}
+    errors: list[BaseException] = []
+    ops = 0
+    stop = asyncio.Event()
+
+    async def worker(seed: int) -> None:
+        nonlocal ops
+        rng = random.Random(seed)
+        while not stop.is_set():
+            user = rng.choice(users)
+            mine = tokens[user]
+            roll = rng.random()
+            try:
+                if roll < 0.90:
+                    if mine:
+                        await store.resolve(rng.choice(mine))
+                    else:
+                        mine.append((await store.create(user, ["m"], user_agent=UA)).token or "")
+                elif roll < 0.94:
+                    mine.append((await store.create(user, ["m"], user_agent=UA)).token or "")
+                elif roll < 0.96:
+                    if mine:
+                        await store.delete(user, mine.pop())
+                elif roll < 0.98:
+                    await (store.add_groups if roll < 0.97 else store.remove_groups)(user, "x")
+                elif roll < 0.99:
+                    await store.list(user)
+                else:
+                    await store.delete_all(user)
+                    mine.clear()
+                if len(mine) > 8:
+                    del mine[:4]  # forget old tokens; their sessions expire on their own
+                ops += 1
+            except Exception as exc:
+                errors.append(exc)
+
+    samples: list[tuple[float, int, float, int]] = []
+
+    async def sampler() -> None:
+        start = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(SECONDS / 8)
+            memory = (await admin.info("memory"))["used_memory"]
+            samples.append((memory, await admin.dbsize(), _rss_mb(), len(asyncio.all_tasks())))
+            if time.monotonic() - start >= SECONDS:
+                stop.set()
+
+    try:
+        await asyncio.gather(sampler(), *(worker(i) for i in range(200)))
+        assert not errors, errors[:3]
+        assert ops > 1000
+        # Compare the steady state (after the first lifetimes rolled over)
+        # with the end: nothing grows without bound.
+        steady = samples[len(samples) // 2 - 1 : len(samples) // 2 + 1]
+        end = samples[-2:]
+        peak_steady_mem = max(s[0] for s in steady)
+        assert max(s[0] for s in end) < peak_steady_mem * 1.5 + 2**20
+        assert max(s[1] for s in end) < max(s[1] for s in steady) * 1.5 + 100
+        assert max(s[2] for s in end) < max(s[2] for s in steady) + 40  # MB of client RSS
+        assert max(s[3] for s in end) <= max(s[3] for s in steady) + 5  # no leaked tasks
+        clients = await admin.client_list()
+        assert len(clients) <= 64 + 2  # the pool's bound, plus the admin connection
+    finally:
+        await store.aclose()
+        await admin.aclose()
+        gc.collect()
+    # Once every lifetime has passed, nothing is left behind.
+    await asyncio.sleep(LIFETIME + 0.5)
+    leftover = aioredis.Redis.from_url(server.url)
+    try:
+        assert await leftover.dbsize() == 0
+    finally:
+        await leftover.aclose()
