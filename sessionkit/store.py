@@ -147,7 +147,7 @@ class SessionStore:
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=socket_timeout,
             )
-            client = aioredis.Redis(connection_pool=pool)
+            client = aioredis.Redis.from_pool(pool)  # closes the pool on aclose
         store = cls(client, **options)
         store._owns_client = True
         return store
@@ -377,7 +377,7 @@ class SessionStore:
                         details={"operation": script.name},
                     ) from exc
                 attempt += 1
-                await anyio.sleep(0.05 * attempt)
+                await anyio.sleep(0.2 * attempt)  # let the topology reload finish
 
     async def _drop_idle_connections(self) -> None:
         """After a broken connection the others are suspect too (a restart,

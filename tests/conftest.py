@@ -7,8 +7,10 @@ own key prefix, so tests never see each other's keys.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,18 @@ from sessionkit.server import EmbeddedCluster, EmbeddedServer
 from sessionkit.store import Client
 
 _prefixes = itertools.count()
+
+
+@pytest.fixture
+def drops_connections() -> Iterator[None]:
+    """For tests that kill servers or connections: redis-py then leaves some
+    connection objects to be garbage-collected unclosed (a ResourceWarning).
+    Collect them here, with that warning expected, instead of letting them
+    surface in whichever test runs next."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
@@ -131,3 +145,10 @@ def store(make_store: StoreFactory) -> SessionStore:
 
 
 Op = Callable[[], Awaitable[Any]]
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_in_the_test_that_made_it() -> Iterator[None]:
+    """Objects a test leaks are collected (and warned about) in that test."""
+    yield
+    gc.collect()

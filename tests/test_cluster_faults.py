@@ -5,9 +5,7 @@ the new master)."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,17 +14,12 @@ from sessionkit.server import EmbeddedCluster
 
 pytestmark = [
     pytest.mark.cluster,
+    pytest.mark.usefixtures("drops_connections"),
     # A killed master leaves redis-py connection objects to be collected
     # unclosed (see test_faults.py).
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def collect_dropped_connections() -> Iterator[None]:
-    yield
-    gc.collect()
 
 
 async def test_a_master_killed_under_load_fails_over_and_the_store_keeps_working() -> None:

@@ -4,9 +4,8 @@ kill -9 with persistence. Nothing is lost, nothing is done twice."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,16 +21,10 @@ from sessionkit.server import EmbeddedServer
 # expected here.
 pytestmark = [
     pytest.mark.server,
+    pytest.mark.usefixtures("drops_connections"),
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def collect_dropped_connections() -> Iterator[None]:
-    """Collect redis-py's dropped connections while this module's filters apply."""
-    yield
-    gc.collect()
 
 
 @pytest.fixture

@@ -143,6 +143,7 @@ async def test_unreachable_server_raises_backend_unavailable_quickly() -> None:
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.usefixtures("drops_connections")
 async def test_a_server_that_goes_away_raises_backend_unavailable() -> None:
     server = EmbeddedServer()
     server.start()

@@ -98,6 +98,7 @@ async def test_cancelled_callers_leave_the_connection_in_step(
 
 
 @pytest.mark.server
+@pytest.mark.usefixtures("drops_connections")
 async def test_a_server_that_dies_fails_the_whole_batch_cleanly() -> None:
     server = EmbeddedServer()
     server.start()
