@@ -19,7 +19,7 @@ from sessionkit import SessionStore
 from sessionkit.server import EmbeddedServer
 
 pytestmark = pytest.mark.server
-SECONDS = float(os.environ.get("SOAK_SECONDS", "24"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 LIFETIME = 3.0
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 
