@@ -86,7 +86,37 @@ def _ping(port: int) -> bool:
         return False
 
 
-class EmbeddedServer:
+class _Managed:
+    """Sync and async context management over `start()` / `stop()` (the async
+    form runs them in a worker thread: starting a cluster takes seconds)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await anyio.to_thread.run_sync(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await anyio.to_thread.run_sync(self.stop)
+
+
+class EmbeddedServer(_Managed):
     """One private server process on a free loopback port.
 
     Non-persistent by default; `args` adds server options (e.g.
@@ -198,25 +228,6 @@ class EmbeddedServer:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        await anyio.to_thread.run_sync(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await anyio.to_thread.run_sync(self.stop)
-
 
 def _command(port: int, *args: str) -> str:
     """Send one command over a fresh connection; return the raw reply text."""
@@ -247,7 +258,7 @@ def _complete(data: bytes) -> bool:
     return n < 0 or len(rest) >= n + 2
 
 
-class EmbeddedCluster:
+class EmbeddedCluster(_Managed):
     """A real local Redis Cluster: `masters` primaries (at least 3), each with
     `replicas` replicas, slots split evenly. `.url` is a ``redis+cluster://``
     URL for `SessionStore.from_url`; `.startup_nodes` lists every node."""
@@ -340,22 +351,3 @@ class EmbeddedCluster:
             with contextlib.suppress(Exception):
                 node.stop()
         self.nodes = []
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        await anyio.to_thread.run_sync(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await anyio.to_thread.run_sync(self.stop)

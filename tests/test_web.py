@@ -10,6 +10,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
+from litestar import Litestar, get
+from litestar import Request as LitestarRequest
+from litestar.middleware import DefineMiddleware
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -282,3 +285,22 @@ async def test_altogic_endpoints(store: SessionStore) -> None:
         assert r.status_code == 200 and await store.list("gina") == []
         r = await http.get(f"{base}/sessions", headers=hdr)
         assert r.status_code == 401 and r.json()["errors"][0]["code"] == "invalid_session_token"
+
+
+async def test_litestar_app_gets_the_session(store: SessionStore) -> None:
+    @get("/whoami", sync_to_thread=False)
+    def whoami(request: LitestarRequest[Any, Any, Any]) -> dict[str, Any]:
+        s = get_session(request)
+        return {"user": s.user_id if s else None, "groups": s.access_groups if s else []}
+
+    app = Litestar(
+        route_handlers=[whoami],
+        middleware=[DefineMiddleware(SessionMiddleware, store=store)],  # type: ignore[arg-type]
+    )
+    s = await store.create("lit", "g")
+    async with client_for(app) as http:
+        assert (await http.get("/whoami")).json() == {"user": None, "groups": []}
+        r = await http.get("/whoami", headers={"Session": s.token or ""})
+        assert r.json() == {"user": "lit", "groups": ["g"]}
+        http.cookies.set("sessionkit", s.token or "")
+        assert (await http.get("/whoami")).json()["user"] == "lit"

@@ -10,6 +10,7 @@ caller's own user (another user's: 403; an unknown one: 200, nothing done).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 
 from sessionkit import keys
+from sessionkit.model import Session
 from sessionkit.store import SessionStore
 from sessionkit.web.auth import (
     require_session,
@@ -30,15 +32,24 @@ from sessionkit.web.errors import AccessDenied
 PREFIX = "/_api/rest/v1/auth"
 
 
-def _guarded(request: Request) -> Any:
-    return require_session.check(request)
+Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
-async def _sessions(request: Request) -> Response:
-    try:
-        current = _guarded(request)
-    except AccessDenied as denied:
-        return denied.response()
+def _with_session(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint that answers 401 in the platform's shape without a live session."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            current = require_session.check(request)
+        except AccessDenied as denied:
+            return denied.response()
+        return await handler(request, current)
+
+    return endpoint
+
+
+@_with_session
+async def _sessions(request: Request, current: Session) -> Response:
     store = session_state(request).store
     listing = []
     for s in await store.list(current.user_id):
@@ -48,11 +59,8 @@ async def _sessions(request: Request) -> Response:
     return JSONResponse(listing)
 
 
-async def _signout(request: Request) -> Response:
-    try:
-        current = _guarded(request)
-    except AccessDenied as denied:
-        return denied.response()
+@_with_session
+async def _signout(request: Request, current: Session) -> Response:
     body: Any = {}
     raw = await request.body()
     if raw.strip():
@@ -78,20 +86,14 @@ async def _signout(request: Request) -> Response:
     return JSONResponse({})
 
 
-async def _signout_all(request: Request) -> Response:
-    try:
-        _guarded(request)
-    except AccessDenied as denied:
-        return denied.response()
+@_with_session
+async def _signout_all(request: Request, current: Session) -> Response:
     await sign_out_everywhere(request)
     return JSONResponse({})
 
 
-async def _signout_all_except(request: Request) -> Response:
-    try:
-        _guarded(request)
-    except AccessDenied as denied:
-        return denied.response()
+@_with_session
+async def _signout_all_except(request: Request, current: Session) -> Response:
     await sign_out_everywhere_else(request)
     return JSONResponse({})
 
