@@ -301,14 +301,19 @@ class SessionStore:
         )
         return int(n)
 
-    async def delete_all(self, user_id: str, *, except_token: str | None = None) -> int:
-        """Delete every session of `user_id` (but the one of `except_token`,
-        if given: "sign out everywhere else"); returns how many were deleted."""
+    async def delete_all(
+        self, user_id: str, *, except_token: str | None = None, except_id: str | None = None
+    ) -> int:
+        """Delete every session of `user_id` but the one of `except_token` (or
+        with the public id `except_id`), if given: "sign out everywhere else".
+        Returns how many were deleted."""
         uid = validate.user_id(user_id)
         digest, bucket = keys.user_digest(uid)
         keep = ""
         if except_token is not None and keys.token_bucket(except_token) == bucket:
             keep = keys.session_id(except_token)
+        elif except_id is not None and keys.session_id_bucket(except_id) == bucket:
+            keep = except_id
         reply = await self._run(
             Scripts.delete_all,
             (keys.index_key(self.prefix, bucket, digest), keys.user_prefix(self.prefix, bucket)),

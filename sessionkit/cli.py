@@ -1,0 +1,157 @@
+"""The operator CLI: ``sessionkit sessions|groups|stats|server``.
+
+Exit codes: 0 done, 2 bad usage, 3 bad input (e.g. an empty user id),
+4 the server cannot be reached, 1 any other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sessionkit.defaults import PREFIX
+from sessionkit.errors import BackendUnavailable, SessionKitError, ValidationError
+from sessionkit.model import Session
+from sessionkit.store import SessionStore
+
+EXIT_INPUT = 3
+EXIT_UNREACHABLE = 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sessionkit", description="Operate sessionkit sessions.")
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", "redis://localhost:6379"),
+        help="server URL (redis://, rediss://, redis+cluster://); default $REDIS_URL",
+    )
+    p.add_argument("--prefix", default=PREFIX, help=f"key prefix (default {PREFIX})")
+    p.add_argument("--json", action="store_true", help="JSON output for scripts")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sessions = sub.add_parser("sessions", help="list or revoke a user's sessions")
+    ssub = sessions.add_subparsers(dest="action", required=True)
+    listing = ssub.add_parser("list", help="a user's live sessions, oldest first")
+    listing.add_argument("user")
+    revoke = ssub.add_parser("revoke", help="end a user's sessions")
+    revoke.add_argument("user")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", help="the session with this public id")
+    which.add_argument("--all", action="store_true", help="every session")
+    which.add_argument("--all-except", metavar="ID", help="every session but this one")
+
+    groups = sub.add_parser("groups", help="add or remove access groups on all sessions")
+    groups.add_argument("action", choices=["add", "remove"])
+    groups.add_argument("user")
+    groups.add_argument("group", nargs="+")
+
+    sub.add_parser("stats", help="sessions, users and memory (SCAN, never KEYS)")
+    sub.add_parser("server", help="run a private embedded server in the foreground")
+    return p
+
+
+def _row(s: Session) -> dict[str, Any]:
+    ua = s.user_agent
+    return {
+        "id": s.id,
+        "created": s.created_at.isoformat(timespec="seconds"),
+        "last_active": s.last_active_at.isoformat(timespec="seconds"),
+        "expires": s.expires_at.isoformat(timespec="seconds"),
+        "groups": ",".join(s.access_groups),
+        "device": f"{ua.family} / {ua.os.family} / {ua.device.family}" if ua else "-",
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+async def _stats(store: SessionStore) -> dict[str, Any]:
+    sessions = users = 0
+    async for key in store.client.scan_iter(match=f"{store.prefix}:{{*", count=1000):
+        text = key.decode() if isinstance(key, bytes) else key
+        kind = text.split("}:", 1)[-1][:2]
+        sessions += kind == "s:"
+        users += kind == "u:"
+    info = await store.client.info("memory")
+    if isinstance(next(iter(info.values()), None), dict):  # a cluster: one entry per node
+        used = sum(int(v["used_memory"]) for v in info.values())
+    else:
+        used = int(info["used_memory"])
+    return {"sessions": sessions, "users": users, "used_memory_bytes": used}
+
+
+async def _run(args: argparse.Namespace) -> tuple[Any, str]:
+    """The command's result, as data and as text for people."""
+    async with SessionStore.from_url(args.redis_url, prefix=args.prefix) as store:
+        if args.command == "sessions" and args.action == "list":
+            rows = [_row(s) for s in await store.list(args.user)]
+            return rows, _table(rows)
+        if args.command == "sessions":
+            if args.id:
+                n = int(await store.delete_by_id(args.user, args.id))
+            elif args.all:
+                n = await store.delete_all(args.user)
+            else:
+                n = await store.delete_all(args.user, except_id=args.all_except)
+            return {"revoked": n}, f"revoked {n} session(s) of {args.user}"
+        if args.command == "groups":
+            call = store.add_groups if args.action == "add" else store.remove_groups
+            n = await call(args.user, args.group)
+            return {"changed": n}, f"changed {n} session(s) of {args.user}"
+        stats = await _stats(store)
+        text = (
+            f"{stats['sessions']} sessions, {stats['users']} users, "
+            f"{stats['used_memory_bytes'] / 2**20:.1f} MiB server memory"
+        )
+        return stats, text
+
+
+def _serve() -> int:
+    import signal
+    import threading
+
+    from sessionkit.server import EmbeddedServer
+
+    with EmbeddedServer() as server:
+        print(server.url, flush=True)
+        done = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            done.wait()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "server":
+        return _serve()
+    try:
+        data, text = asyncio.run(_run(args))
+    except ValidationError as exc:
+        print(f"sessionkit: error: {exc.message}", file=sys.stderr)
+        return EXIT_INPUT
+    except BackendUnavailable as exc:
+        print(f"sessionkit: error: cannot reach {args.redis_url}: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except SessionKitError as exc:
+        print(f"sessionkit: error: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(data) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
