@@ -24,6 +24,7 @@ UA = (
 ALL_OPS = frozenset(
     {"create", "get", "resolve", "list", "delete", "delete_all", "add_groups", "remove_groups"}
 )
+PEER_OPS = frozenset({"create", "get", "resolve", "delete"})
 
 
 @dataclass
@@ -128,41 +129,24 @@ class Impl:
 
 
 def make_impls(client: Any, prefix: str, names: list[str], cluster: bool) -> list[Impl]:
+    """The implementations asked for, each on its own key prefix. naive and
+    peer are left out on a cluster: their multi-key writes use untagged keys."""
     out: list[Impl] = []
     for name in names:
         if name == "sessionkit":
-            out.append(
-                Impl(
-                    name,
-                    SessionStore(client, prefix=f"{prefix}sk"),
-                    ALL_OPS,
-                    client,
-                    short_store=SessionStore(client, prefix=f"{prefix}sk", lifetime=0.5),
-                )
-            )
+            kind: Any = SessionStore
         elif name == "naive":
-            if cluster:
-                continue  # multi-key MULTI on untagged keys cannot run on a cluster
-            out.append(
-                Impl(
-                    name,
-                    NaiveStore(client, prefix=f"{prefix}nv"),
-                    ALL_OPS,
-                    client,
-                    short_store=NaiveStore(client, prefix=f"{prefix}nv", lifetime=0.5),
-                )
-            )
+            kind = NaiveStore
         elif name == "peer":
-            if cluster:
-                continue
-            out.append(
-                Impl(
-                    name,
-                    PeerStore(client, prefix=f"{prefix}pr"),
-                    frozenset({"create", "get", "resolve", "delete"}),
-                    client,
-                )
-            )
+            kind = PeerStore
         else:
             raise SystemExit(f"unknown implementation {name!r}: use sessionkit, naive or peer")
+        if cluster and kind is not SessionStore:
+            continue
+        own = f"{prefix}{name[:2]}"
+        if kind is PeerStore:
+            out.append(Impl(name, PeerStore(client, prefix=own), PEER_OPS, client))
+        else:
+            short = kind(client, prefix=own, lifetime=0.5)
+            out.append(Impl(name, kind(client, prefix=own), ALL_OPS, client, short_store=short))
     return out
