@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
+from bench.impls import PEER_OPS
 from bench.naive import NaiveStore
 from bench.scenarios import SCENARIOS
 from tests.conftest import Backend
+
+# The naive store runs on the single real server only (it is not cluster-safe).
+from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
 
 # The contract tests the naive store is held to, run against it as written.
 from tests.test_store_operations import (  # noqa: F401 (collected by pytest)
@@ -31,15 +33,6 @@ from tests.test_store_operations import (  # noqa: F401 (collected by pytest)
 
 ROOT = Path(__file__).parent.parent
 RESULT_KEYS = {"scenario", "impl", "ops_per_s", "p50_ms", "p99_ms", "p999_ms", "errors"}
-PEER_OPS = {"create", "get", "resolve", "delete"}
-
-
-@pytest.fixture
-async def backend(server_url: str) -> AsyncIterator[Backend]:
-    """The naive store runs on the single real server only (it is not cluster-safe)."""
-    client = aioredis.Redis.from_url(server_url)
-    yield Backend("server", client)
-    await client.aclose()
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from sessionkit import SessionStore
 from sessionkit.server import free_port
+from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.server
 
@@ -24,13 +23,6 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "sessionkit.cli", "--redis-url", url, *args],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-
-
-@pytest.fixture
-async def store(server_url: str, prefix: str) -> AsyncIterator[SessionStore]:
-    client = aioredis.Redis.from_url(server_url)
-    yield SessionStore(client, prefix=prefix)
-    await client.aclose()
 
 
 async def test_sessions_list_and_revoke(store: SessionStore, server_url: str, prefix: str) -> None:

@@ -4,27 +4,19 @@ when their inputs are active, automatic errors stop the flow."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 
 from sessionkit import SessionStore, ValidationError
 from sessionkit.flow import Flow, FlowDefinitionError, FlowError
+from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.server
 
 FLOWS = Path(__file__).parent.parent / "examples" / "flows"
-
-
-@pytest.fixture
-async def store(server_url: str, prefix: str) -> AsyncIterator[SessionStore]:
-    client = aioredis.Redis.from_url(server_url)
-    yield SessionStore(client, prefix=prefix)
-    await client.aclose()
 
 
 def node(id_: str, type_: str, mode: str = "automatic", **kw: Any) -> dict[str, Any]:

@@ -3,11 +3,9 @@ against the real embedded server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from sessionkit import SessionKitError, SessionStore, ValidationError
 from sessionkit.expressions import ExpressionError, literal
@@ -21,17 +19,11 @@ from sessionkit.nodes import (
     GetSpecificSessionOfUser,
     RemoveAccessGroupFromUserSession,
 )
+from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.server
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
-
-
-@pytest.fixture
-async def store(server_url: str, prefix: str) -> AsyncIterator[SessionStore]:
-    client = aioredis.Redis.from_url(server_url)
-    yield SessionStore(client, prefix=prefix)
-    await client.aclose()
 
 
 async def test_create_emits_the_session_in_platform_field_names(store: SessionStore) -> None:

@@ -3,7 +3,7 @@ the real embedded server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -30,16 +30,10 @@ from sessionkit.web import (
     sign_out_everywhere,
     sign_out_everywhere_else,
 )
+from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.server
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
-
-
-@pytest.fixture
-async def store(server_url: str, prefix: str) -> AsyncIterator[SessionStore]:
-    client = aioredis.Redis.from_url(server_url)
-    yield SessionStore(client, prefix=prefix)
-    await client.aclose()
 
 
 def starlette_app(store: SessionStore, **options: Any) -> Starlette:
