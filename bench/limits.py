@@ -20,65 +20,37 @@ import redis.asyncio as aioredis
 
 from bench.impls import UA, Impl
 from sessionkit import SessionStore, keys
+from sessionkit.model import encode_body
+from sessionkit.pipeline import pack_evalsha
 from sessionkit.scripts import Scripts
 
 
-def _pack(*args: str | int | bytes) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
 def _resolve_commands(prefix: str, tokens: list[str]) -> list[bytes]:
+    """The resolve script's EVALSHA for each token, packed as the store packs it."""
     out = []
     for t in tokens:
         bucket = keys.token_bucket(t)
         assert bucket is not None
         sid = keys.session_id(t)
-        out.append(
-            _pack(
-                "EVALSHA",
-                Scripts.get.sha,
-                2,
-                keys.session_key(prefix, bucket, sid),
-                keys.user_prefix(prefix, bucket),
-                "",
-                sid,
-                0,
-                60_000,
-            )
-        )
+        key_names = (keys.session_key(prefix, bucket, sid), keys.user_prefix(prefix, bucket))
+        out.append(pack_evalsha(Scripts.get, key_names, ("", sid, 0, 60_000)))
     return out
 
 
 def _create_commands(prefix: str, n: int) -> list[bytes]:
-    from sessionkit.model import encode_body
-
+    """`n` create-script calls for fresh tokens over 10,000 users."""
     out = []
     for i in range(n):
         uid = f"ceiling-{i % 10_000}"
         digest, bucket = keys.user_digest(uid)
-        token = keys.new_token(bucket)
-        sid = keys.session_id(token)
-        out.append(
-            _pack(
-                "EVALSHA",
-                Scripts.create.sha,
-                3,
-                keys.session_key(prefix, bucket, sid),
-                keys.index_key(prefix, bucket, digest),
-                keys.user_prefix(prefix, bucket),
-                sid,
-                digest,
-                14 * 86400 * 1000,
-                0,
-                0,
-                encode_body(uid, UA, {}),
-                "member",
-            )
+        sid = keys.session_id(keys.new_token(bucket))
+        key_names = (
+            keys.session_key(prefix, bucket, sid),
+            keys.index_key(prefix, bucket, digest),
+            keys.user_prefix(prefix, bucket),
         )
+        args = (sid, digest, 14 * 86400 * 1000, 0, 0, encode_body(uid, UA, {}), "member")
+        out.append(pack_evalsha(Scripts.create, key_names, args))
     return out
 
 
