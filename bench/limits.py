@@ -38,19 +38,17 @@ def _resolve_commands(prefix: str, tokens: list[str]) -> list[bytes]:
 
 
 def _create_commands(prefix: str, n: int) -> list[bytes]:
-    """`n` create-script calls for fresh tokens over 10,000 users."""
+    """`n` create-script calls for fresh tokens over 10,000 users, as a
+    default store makes them."""
+    store = SessionStore(aioredis.Redis(), prefix=prefix, pipelining=False)
     out = []
     for i in range(n):
         uid = f"ceiling-{i % 10_000}"
         digest, bucket = keys.user_digest(uid)
         sid = keys.session_id(keys.new_token(bucket))
-        key_names = (
-            keys.session_key(prefix, bucket, sid),
-            keys.index_key(prefix, bucket, digest),
-            keys.user_prefix(prefix, bucket),
-        )
-        args = (sid, digest, 14 * 86400 * 1000, 0, 0, encode_body(uid, UA, {}), "member")
-        out.append(pack_evalsha(Scripts.create, key_names, args))
+        body = encode_body(uid, UA, {})
+        call = store._create_call(uid, digest, bucket, sid, body, ("member",))
+        out.append(pack_evalsha(Scripts.create, *call))
     return out
 
 

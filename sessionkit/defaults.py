@@ -14,8 +14,14 @@ LIFETIME: Final = 14 * 86400
 #: (seconds), so that a busy session does not cost a write per request.
 TOUCH_INTERVAL: Final = 60
 
-#: Cluster hash-tag buckets a user can fall in (one per Redis Cluster slot).
-BUCKETS: Final = 16384
+#: Cluster hash-tag buckets a user can fall in: each is one Redis Cluster
+#: slot and one event stream (see `sessionkit.keys` for the trade-off). Part
+#: of the key layout: changing it orphans existing sessions.
+BUCKETS: Final = 1024
+
+#: Events each bucket's stream keeps, about (``XADD MAXLEN ~``): in all, up to
+#: about BUCKETS * EVENTS_MAXLEN events wait for consumers.
+EVENTS_MAXLEN: Final = 1000
 
 #: Largest user id, in UTF-8 bytes.
 MAX_USER_ID_BYTES: Final = 1024

@@ -3,7 +3,7 @@
 Every key of one user is ``<prefix>:{<tag>}:...``. The part in braces is the
 Redis Cluster hash tag: Redis hashes only that part, so all of a user's keys
 live in one slot and every per-user Lua script is legal on a cluster. The tag
-is a bucket number (0..16383) taken from a SHA-256 of the user id, never the id
+is a bucket number (0..1023) taken from a SHA-256 of the user id, never the id
 itself, so no user id, whatever characters it holds (``{``, ``}``, ``:``, ...),
 can shape another user's key names:
 
@@ -11,11 +11,19 @@ can shape another user's key names:
   session id is the bucket and a digest of the token
 * ``<prefix>:{<tag>}:u:<user digest>`` the user's index (a sorted set of
   session ids scored by expiry)
+* ``<prefix>:{<tag>}:events``          the bucket's event stream (see
+  `sessionkit.events`): written by the same script as the change it reports,
+  so it must share the users' slot
+
+The bucket count is a trade-off: each bucket is one slot, so more buckets
+spread users more finely over a cluster's nodes, and fewer buckets mean fewer
+event streams for a consumer to read. 1,024 spreads well over clusters of up
+to a few dozen primaries and keeps a consumer's read to one command per node.
 
 A token is 34 random-looking bytes, URL-safe base64: two bytes naming the
 bucket (so a token alone finds its slot) and 32 bytes (256 bits) from
 `secrets`. Redis never sees the token, only its SHA-256 digest (the session
-id), so a dump of Redis gives no working token. The bucket is one of 16,384
+id), so a dump of Redis gives no working token. The bucket is one of 1,024
 values shared by every user who hashes to it; it says nothing readable about
 its user.
 """
@@ -101,3 +109,12 @@ def session_key(prefix: str, bucket: int, sid: str) -> str:
 
 def index_key(prefix: str, bucket: int, digest: str) -> str:
     return f"{user_prefix(prefix, bucket)}u:{digest}"
+
+
+def events_key(prefix: str, bucket: int) -> str:
+    return f"{user_prefix(prefix, bucket)}events"
+
+
+def event_streams(prefix: str) -> tuple[str, ...]:
+    """Every event stream of a key prefix, one per bucket."""
+    return tuple(events_key(prefix, b) for b in range(BUCKETS))

@@ -12,6 +12,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import msgspec
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
@@ -19,7 +20,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from sessionkit import keys, validate
-from sessionkit.defaults import LIFETIME, POOL_SIZE, POOL_TIMEOUT, PREFIX, TOUCH_INTERVAL
+from sessionkit.defaults import (
+    EVENTS_MAXLEN,
+    LIFETIME,
+    POOL_SIZE,
+    POOL_TIMEOUT,
+    PREFIX,
+    TOUCH_INTERVAL,
+)
 from sessionkit.errors import BackendError, BackendUnavailable, ValidationError
 from sessionkit.model import Session, decode_session, encode_body
 from sessionkit.pipeline import Pipeliner
@@ -55,6 +63,9 @@ class SessionStore:
     optional sliding timeout (seconds or `timedelta`); `max_sessions_per_user`
     makes a create evict the user's oldest sessions; `touch_interval` bounds
     how often reads rewrite last-active time when there is no idle timeout.
+    With `events` (the default), every change also appends an event to a
+    Redis Stream in the same script (see `sessionkit.events`); each bucket's
+    stream keeps about `events_maxlen` events.
     With `pipelining` (the default, on a single-server redis-py client),
     calls made concurrently by many tasks share one socket write. A call whose
     connection breaks is retried `retries` times on a fresh one (every script
@@ -72,6 +83,8 @@ class SessionStore:
         touch_interval: Duration = TOUCH_INTERVAL,
         pipelining: bool = True,
         retries: int = 2,
+        events: bool = True,
+        events_maxlen: int = EVENTS_MAXLEN,
         **unknown: object,
     ) -> None:
         if unknown:
@@ -93,6 +106,18 @@ class SessionStore:
                 details={"parameter": "retries"},
             )
         self.retries = retries
+        if not isinstance(events, bool):
+            raise ValidationError(
+                f"events must be True or False, got {events!r}", details={"parameter": "events"}
+            )
+        self.events = events
+        maxlen = validate.positive_int(events_maxlen, "events_maxlen")
+        if maxlen is None:
+            raise ValidationError(
+                "events_maxlen must be a positive int (turn events off with events=False)",
+                details={"parameter": "events_maxlen"},
+            )
+        self.events_maxlen = maxlen
         self._owns_client = False
         # redis-py's RedisCluster can lose connections that are being opened
         # while its first topology load runs; load it once, before any call.
@@ -212,23 +237,32 @@ class SessionStore:
     ) -> Session:
         sid = keys.session_id(token)
         reply = await self._run(
-            Scripts.create,
-            (
-                keys.session_key(self.prefix, bucket, sid),
-                keys.index_key(self.prefix, bucket, digest),
-                keys.user_prefix(self.prefix, bucket),
-            ),
-            (
-                sid,
-                digest,
-                self.lifetime_ms,
-                self.idle_timeout_ms,
-                self.max_sessions_per_user,
-                body,
-                *groups,
-            ),
+            Scripts.create, *self._create_call(uid, digest, bucket, sid, body, groups)
         )
         return decode_session(reply[0], sid, token, self.idle_timeout_ms)
+
+    def _create_call(
+        self, uid: str, digest: str, bucket: int, sid: str, body: bytes, groups: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """The create script's keys and arguments (the bench's ceiling client
+        sends the same calls)."""
+        key_names = (
+            keys.session_key(self.prefix, bucket, sid),
+            keys.index_key(self.prefix, bucket, digest),
+            keys.user_prefix(self.prefix, bucket),
+            keys.events_key(self.prefix, bucket),
+        )
+        args = (
+            sid,
+            digest,
+            self.lifetime_ms,
+            self.idle_timeout_ms,
+            self.max_sessions_per_user,
+            body,
+            *self._event_args(uid, groups),
+            *groups,
+        )
+        return key_names, args
 
     async def get(self, user_id: str, token: str) -> Session | None:
         """The session of `user_id` with this token, or None (unknown,
@@ -279,7 +313,7 @@ class SessionStore:
         digest, bucket = keys.user_digest(uid)
         if keys.token_bucket(token) != bucket:
             return False
-        return await self._delete(digest, bucket, keys.session_id(token)) == 1
+        return await self._delete(uid, digest, bucket, keys.session_id(token)) == 1
 
     async def delete_by_id(self, user_id: str, session_id: str) -> bool:
         """Delete a session of `user_id` by its public id (e.g. "sign out that device")."""
@@ -287,17 +321,18 @@ class SessionStore:
         digest, bucket = keys.user_digest(uid)
         if keys.session_id_bucket(session_id) != bucket:
             return False  # malformed, or another user's (their bucket differs)
-        return await self._delete(digest, bucket, session_id) == 1
+        return await self._delete(uid, digest, bucket, session_id) == 1
 
-    async def _delete(self, digest: str, bucket: int, sid: str) -> int:
+    async def _delete(self, uid: str, digest: str, bucket: int, sid: str) -> int:
         """1: deleted; 0: no such session; -1: the session is another user's."""
         n = await self._run(
             Scripts.delete,
             (
                 keys.session_key(self.prefix, bucket, sid),
                 keys.index_key(self.prefix, bucket, digest),
+                keys.events_key(self.prefix, bucket),
             ),
-            (digest, sid),
+            (digest, sid, *self._event_args(uid)),
         )
         return int(n)
 
@@ -316,8 +351,12 @@ class SessionStore:
             keep = except_id
         reply = await self._run(
             Scripts.delete_all,
-            (keys.index_key(self.prefix, bucket, digest), keys.user_prefix(self.prefix, bucket)),
-            (keep,),
+            (
+                keys.index_key(self.prefix, bucket, digest),
+                keys.user_prefix(self.prefix, bucket),
+                keys.events_key(self.prefix, bucket),
+            ),
+            (keep, *self._event_args(uid)),
         )
         return int(reply[0])
 
@@ -339,10 +378,24 @@ class SessionStore:
         digest, bucket = keys.user_digest(uid)
         reply = await self._run(
             Scripts.groups,
-            (keys.index_key(self.prefix, bucket, digest), keys.user_prefix(self.prefix, bucket)),
-            (mode, *wanted),
+            (
+                keys.index_key(self.prefix, bucket, digest),
+                keys.user_prefix(self.prefix, bucket),
+                keys.events_key(self.prefix, bucket),
+            ),
+            (mode, *self._event_args(uid, wanted), *wanted),
         )
         return int(reply[0])
+
+    def _event_args(self, uid: str, groups: tuple[str, ...] | None = None) -> tuple[Any, ...]:
+        """The scripts' event arguments: the stream cap (0: no events), the
+        user id and, for scripts that take groups, the groups as JSON. With
+        events off the user id is not sent."""
+        if not self.events:
+            return (0, "") if groups is None else (0, "", "")
+        if groups is None:
+            return (self.events_maxlen, uid)
+        return (self.events_maxlen, uid, msgspec.json.encode(groups))
 
     async def _initialize_cluster(self) -> None:
         async with self._init_lock:

@@ -71,24 +71,28 @@ class Backend:
     name: str
     client: Client
 
-    async def keys(self, prefix: str) -> list[str]:
-        """Every key under `prefix` (SCAN on every primary of a cluster)."""
+    async def keys(self, prefix: str, *, streams: bool = False) -> list[str]:
+        """Every session and index key under `prefix` (SCAN on every primary
+        of a cluster), and the event streams too if `streams`."""
         found = [
             k.decode() if isinstance(k, bytes) else k
             async for k in self.client.scan_iter(match=f"{prefix}:*", count=1000)
         ]
-        return sorted(set(found))
+        return sorted({k for k in found if streams or not k.endswith("}:events")})
 
     async def dump(self, prefix: str) -> dict[str, Any]:
-        """Every key under `prefix` with its value (strings and sorted sets)."""
+        """Every key under `prefix` with its value (strings, sorted sets and
+        the entries of streams)."""
         out: dict[str, Any] = {}
-        for key in await self.keys(prefix):
+        for key in await self.keys(prefix, streams=True):
             kind = await self.client.type(key)
             kind = kind.decode() if isinstance(kind, bytes) else kind
             if kind == "string":
                 out[key] = await self.client.get(key)
             elif kind == "zset":
                 out[key] = await self.client.zrange(key, 0, -1, withscores=True)
+            elif kind == "stream":
+                out[key] = await self.client.xrange(key)
             else:
                 out[key] = kind
         return out

@@ -96,7 +96,12 @@ async def test_no_token_is_stored_in_the_clear(
     store: SessionStore, backend: Backend, prefix: str
 ) -> None:
     sessions = [await store.create(f"user{i % 3}", ["g"], data={"k": "v"}) for i in range(9)]
+    await store.add_groups("user0", "h")
+    assert sessions[1].token is not None
+    await store.delete("user1", sessions[1].token)
+    await store.delete_all("user2")
     dump = await backend.dump(prefix)
+    assert any(k.endswith(":events") for k in dump)  # the events are in the dump too
     blob = repr(dump).encode()
     for s in sessions:
         assert s.token is not None

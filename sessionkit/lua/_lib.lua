@@ -100,3 +100,22 @@ local function live_sessions(index, key_prefix)
   end
   return ids, values
 end
+
+-- Appends one event to the stream of the user's bucket (in the user's hash
+-- slot), inside the script that makes the change: the event exists if and
+-- only if the change does. Every entry has the same four fields, so the
+-- stream stores their names once per node:
+--   type      created | deleted | all_deleted | evicted | groups_added |
+--             groups_removed
+--   user      the user id
+--   sessions  the ids of the sessions changed, space-separated (never tokens)
+--   groups    the access groups concerned, a JSON array ('[]' if none)
+-- The entry id carries the time. maxlen '0' means events are off; a change
+-- that touched no session writes nothing.
+local function emit(stream, maxlen, kind, user, ids, groups_json)
+  if maxlen == '0' or #ids == 0 then
+    return
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', kind, 'user', user,
+    'sessions', table.concat(ids, ' '), 'groups', groups_json)
+end

@@ -3,12 +3,15 @@
 -- KEYS[1] session key   KEYS[2] the user's index key
 -- KEYS[3] the user's key prefix ("<prefix>:{<tag>}:"): evicted sessions'
 --         keys are derived from it, so they share the user's hash slot.
+-- KEYS[4] the bucket's event stream
 -- ARGV[1] session id   ARGV[2] user digest   ARGV[3] lifetime ms
 -- ARGV[4] idle timeout ms (0: none)   ARGV[5] max sessions (0: no limit)
--- ARGV[6] opaque JSON body   ARGV[7..] access groups
+-- ARGV[6] opaque JSON body   ARGV[7] event stream cap (0: no events)
+-- ARGV[8] user id   ARGV[9] the access groups as a JSON array
+-- ARGV[10..] access groups
 -- Returns {value, evicted id, ...}. A retried create (same token) returns
 -- the session the first attempt made and changes nothing.
-local skey, index, key_prefix = KEYS[1], KEYS[2], KEYS[3]
+local skey, index, key_prefix, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id = ARGV[1]
 local now, now_us = clock()
 prune(index, now)
@@ -42,7 +45,7 @@ if max_sessions > 0 then
 end
 
 local groups, seen = {}, {}
-for i = 7, #ARGV do
+for i = 10, #ARGV do
   local g = ARGV[i]
   if not seen[g] then
     seen[g] = true
@@ -62,6 +65,8 @@ local value = string.format('%016d', now_us) .. ms13(expires) .. ms13(now) .. AR
 redis.call('SET', skey, value, 'PXAT', ms13(dies))
 redis.call('ZADD', index, ms13(dies), id)
 refresh_index_ttl(index)
+emit(stream, ARGV[7], 'evicted', ARGV[8], evicted, '[]')
+emit(stream, ARGV[7], 'created', ARGV[8], {id}, ARGV[9])
 
 local out = {value}
 for _, old in ipairs(evicted) do

@@ -80,7 +80,9 @@ async def _signout(request: Request, current: Session) -> Response:
         return JSONResponse({})  # no such session: nothing to do
     digest, user_bucket = keys.user_digest(current.user_id)
     store = session_state(request).store
-    outcome = -1 if bucket != user_bucket else await store._delete(digest, bucket, sid)
+    outcome = -1
+    if bucket == user_bucket:
+        outcome = await store._delete(current.user_id, digest, bucket, sid)
     if outcome < 0:
         return AccessDenied(403, "forbidden", "that session belongs to another user").response()
     return JSONResponse({})
