@@ -32,13 +32,11 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-def _load(name: str) -> Script:
+def _load(name: str, *, lib: bool = True) -> Script:
     folder = resources.files("sessionkit") / "lua"
-    source = (
-        (folder / "_lib.lua").read_text("utf-8")
-        + "\n"
-        + (folder / f"{name}.lua").read_text("utf-8")
-    )
+    source = (folder / f"{name}.lua").read_text("utf-8")
+    if lib:
+        source = (folder / "_lib.lua").read_text("utf-8") + "\n" + source
     sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
     return Script(name, source, sha, b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % sha.encode())
 
@@ -52,6 +50,9 @@ class Scripts:
     delete: Final = _load("delete")
     delete_all: Final = _load("delete_all")
     groups: Final = _load("groups")
+    #: The event consumer's per-node read on a cluster; it starts with a
+    #: ``#!lua`` flags line, so it goes without the helpers.
+    read_events: Final = _load("read_events", lib=False)
 
     @classmethod
     def all(cls) -> tuple[Script, ...]:

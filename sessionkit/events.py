@@ -1,0 +1,469 @@
+"""Session events: read what happened to sessions, without loss.
+
+Every change the store makes (a session created, deleted, all of a user's
+deleted, evicted by ``max_sessions_per_user``, access groups added or
+removed) appends one entry to a Redis Stream *inside the Lua script that
+makes the change*, so an event exists if and only if its change does. A
+change that touches no session (deleting an unknown token, adding a group
+every session already has) writes none. Expiry writes none either: a
+session's ``expires_at`` says when it ends, so a consumer that needs to act
+then can schedule it.
+
+Layout and trade-off. A script may only touch keys in its user's hash slot,
+so each bucket (see `sessionkit.keys`) has its own stream,
+``<prefix>:{<tag>}:events``: 1,024 streams per prefix. Events of one user
+are in one stream, in order; events of different users are ordered by time
+only as far as the server clock goes (a batch is sorted by entry id). On one
+server a consumer reads all streams with one blocking command; on a cluster
+it calls one script per node that reads that node's streams (the one script
+flagged ``allow-cross-slot-keys``), and polls. Each
+stream is capped (``XADD MAXLEN ~``, the store's ``events_maxlen``): a
+consumer that stays away longer than the cap lasts misses the oldest events.
+
+`EventConsumer` reads as one consumer of a Redis consumer group: each event
+goes to one consumer of the group, stays pending until acknowledged, and a
+consumer that restarts under the same name first gets back what it had not
+acknowledged, then everything that happened while it was away. `tail`
+follows the streams without a group (nothing to acknowledge, nothing kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import math
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+import anyio
+import msgspec
+from redis import exceptions as rx
+from redis.asyncio.cluster import RedisCluster
+
+from sessionkit import keys
+from sessionkit.errors import BackendError, BackendUnavailable, ValidationError
+from sessionkit.scripts import Scripts
+from sessionkit.store import SessionStore
+
+EventType = Literal[
+    "created", "deleted", "all_deleted", "evicted", "groups_added", "groups_removed"
+]
+EVENT_TYPES: Final = frozenset(EventType.__args__)  # type: ignore[attr-defined]
+
+_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, OSError)
+_MAX_NAME = 200
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One change to one user's sessions.
+
+    `session_ids` are public session ids (`Session.id`), never tokens;
+    `groups` are the access groups the change was asked for (created with,
+    added, removed); `at` is the server time of the change, taken from the
+    stream entry id. `id` and `stream` name the entry, for acknowledging it.
+    """
+
+    type: str
+    user_id: str
+    session_ids: tuple[str, ...]
+    groups: tuple[str, ...]
+    at: datetime
+    id: str
+    stream: str
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _event(stream: str, entry_id: str, fields: dict[Any, Any]) -> Event:
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    try:
+        groups = tuple(msgspec.json.decode(f.get("groups") or "[]", type=list[str]))
+    except msgspec.DecodeError:
+        groups = ()
+    return Event(
+        type=f.get("type", ""),
+        user_id=f.get("user", ""),
+        session_ids=tuple(f.get("sessions", "").split()),
+        groups=groups,
+        at=datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC),
+        id=entry_id,
+        stream=stream,
+    )
+
+
+def _entry_key(event: Event) -> tuple[int, int]:
+    ms, _, seq = event.id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_NAME:
+        raise ValidationError(
+            f"{what} must be a non-empty text of at most {_MAX_NAME} characters, got {value!r}",
+            details={"parameter": what},
+        )
+    return value
+
+
+def _seconds(value: float | timedelta, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not (0 < seconds < math.inf)
+    ):
+        raise ValidationError(
+            f"{what} must be a positive number of seconds or a timedelta, got {value!r}",
+            details={"parameter": what},
+        )
+    return float(seconds)
+
+
+class _Streams:
+    """A prefix's event streams, and how to read them in as few round trips
+    as the server allows: one (blocking) command on one server; on a
+    cluster, one call of the ``read_events`` script per node, which reads
+    that node's streams, and polling."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.client = store.client
+        self.cluster = isinstance(self.client, RedisCluster)
+        self.names = keys.event_streams(store.prefix)
+
+    async def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send commands in one pipeline (per node, on a cluster); each reply
+        or the error it got, in order. Broken connections are retried."""
+        attempt = 0
+        while True:
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    return list(await pipe.execute(raise_on_error=False))
+            except _UNAVAILABLE as exc:
+                if attempt >= self.store.retries:
+                    raise _unreachable(exc) from exc
+                attempt += 1
+                await anyio.sleep(0.1 * attempt)
+
+    async def read(
+        self,
+        ids: dict[str, str],
+        *,
+        group: str = "",
+        consumer: str = "",
+        count: int,
+        block_ms: int | None,
+        gone: list[tuple[str, str]] | None = None,
+    ) -> list[Event]:
+        """Entries after `ids` (per stream; ``>`` or a pending id with a
+        group), oldest first; on one server, waiting up to `block_ms` for some."""
+        names = list(ids)
+        try:
+            if isinstance(self.client, RedisCluster):
+                reply = await self._read_nodes(self.client, ids, group, consumer, count)
+            else:
+                head: tuple[Any, ...] = (
+                    ("XREADGROUP", "GROUP", group, consumer) if group else ("XREAD",)
+                )
+                head += ("COUNT", count)
+                if block_ms is not None:
+                    head += ("BLOCK", block_ms)
+                server: Any = self.client  # redis-py's Redis leaves this untyped
+                reply = await server.execute_command(
+                    *head, "STREAMS", *names, *(ids[n] for n in names)
+                )
+        except (rx.TimeoutError, builtins.TimeoutError):
+            return []  # nothing came within the client's socket timeout
+        except _UNAVAILABLE as exc:
+            raise _unreachable(exc) from exc
+        except rx.ResponseError as exc:
+            raise BackendError(
+                f"the session server refused reading events: {exc}",
+                details={"operation": "events"},
+            ) from exc
+        events = _entries(reply, gone)
+        events.sort(key=_entry_key)
+        return events
+
+    async def _read_nodes(
+        self, client: RedisCluster, ids: dict[str, str], group: str, consumer: str, count: int
+    ) -> list[Any]:
+        by_node: dict[str, tuple[Any, list[str]]] = {}
+        for name in ids:
+            node = client.get_node_from_key(name)
+            if node is not None:
+                by_node.setdefault(node.name, (node, []))[1].append(name)
+        script = Scripts.read_events
+
+        async def on(node: Any, names: list[str]) -> Any:
+            args: list[str | int] = [group, consumer, count]
+            for n in names:
+                args += (n, ids[n])
+            try:
+                return await client.execute_command(
+                    "EVALSHA", script.sha, 0, *args, target_nodes=node
+                )
+            except rx.NoScriptError:
+                return await client.execute_command(
+                    "EVAL", script.source, 0, *args, target_nodes=node
+                )
+
+        try:
+            replies = await asyncio.gather(*(on(n, names) for n, names in by_node.values()))
+        except rx.ResponseError as exc:
+            if "non local key" not in str(exc) and "MOVED" not in str(exc):
+                raise
+            # Slots moved since the client last looked: reload the topology;
+            # the next read goes to the right nodes.
+            await client.nodes_manager.initialize()
+            return []
+        return [entry for reply in replies for entry in reply]
+
+    async def server_time_ms(self) -> int:
+        reply = await self.client.time()
+        if isinstance(reply, dict):  # a cluster: one answer per node
+            reply = next(iter(reply.values()))
+        seconds, micros = reply
+        return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _unreachable(exc: BaseException) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"the session server is unreachable while reading events: {exc}",
+        details={"operation": "events"},
+    )
+
+
+def _entries(reply: Any, gone: list[tuple[str, str]] | None = None) -> list[Event]:
+    """Events out of an XREAD/XREADGROUP reply (a list, or redis-py's RESP3
+    map). Pending entries the stream no longer holds (trimmed before they
+    were acknowledged) come with no fields: they are added to `gone`."""
+    if not reply:
+        return []
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    out: list[Event] = []
+    for stream, entries in pairs:
+        name = _text(stream)
+        if len(entries) == 1 and isinstance(entries[0], list):
+            inner = entries[0]
+            if not inner or isinstance(inner[0], tuple):
+                entries = inner  # redis-py's RESP3 shape wraps the entries once more
+        for entry_id, fields in entries:
+            if not fields:
+                if gone is not None and entry_id is not None:
+                    gone.append((name, _text(entry_id)))
+                continue
+            if not isinstance(fields, dict):  # a script's reply: a flat list
+                fields = dict(zip(fields[::2], fields[1::2], strict=True))
+            out.append(_event(name, _text(entry_id), fields))
+    return out
+
+
+def _check(reply: Any, what: str) -> Any:
+    """A pipelined reply, or the typed error it stands for."""
+    if isinstance(reply, Exception):
+        if isinstance(reply, _UNAVAILABLE):
+            raise _unreachable(reply) from reply
+        raise BackendError(
+            f"the session server refused {what}: {reply}", details={"operation": "events"}
+        ) from reply
+    return reply
+
+
+class EventConsumer:
+    """One consumer of a consumer group over every event stream of a store's
+    prefix.
+
+    ``async with EventConsumer(store, group="cache", consumer="worker-1") as c:
+    async for event in c: ...; await c.ack(event)``. The group is created on
+    first use, starting at new events (``start="new"``) or at every event the
+    streams still hold (``start="all"``); later starts resume where the group
+    left off. A consumer first gets back its own unacknowledged events, and
+    with `claim_after` also those another consumer of the group left
+    unacknowledged for that long (a worker that died), then new events.
+    `block` bounds how long one read waits for events (on a cluster, the
+    interval between polls).
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        group: str,
+        consumer: str,
+        start: Literal["new", "all"] = "new",
+        count: int = 100,
+        block: float | timedelta = 1.0,
+        claim_after: float | timedelta | None = None,
+    ) -> None:
+        if not isinstance(store, SessionStore):
+            raise ValidationError(
+                f"EventConsumer needs a SessionStore, got {type(store).__name__}",
+                details={"parameter": "store"},
+            )
+        self.group = _name(group, "group")
+        self.consumer = _name(consumer, "consumer")
+        if start not in ("new", "all"):
+            raise ValidationError(
+                f"start must be 'new' or 'all', got {start!r}", details={"parameter": "start"}
+            )
+        self.start = start
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
+            raise ValidationError(
+                f"count must be an int from 1 to 10000, got {count!r}",
+                details={"parameter": "count"},
+            )
+        self.count = count
+        self.block = _seconds(block, "block")
+        self.claim_after = None if claim_after is None else _seconds(claim_after, "claim_after")
+        self._streams = _Streams(store)
+        self._ready = False
+        self._backlog: dict[str, str] = {}  # per stream: the next pending id to read
+        self._new = dict.fromkeys(self._streams.names, ">")
+        self._buffer: list[Event] = []  # read from the server, not yet handed out
+
+    async def __aenter__(self) -> Self:
+        await self.setup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def setup(self) -> None:
+        """Create the group on every stream that lacks it, and claim what
+        dead consumers left (with `claim_after`). Idempotent."""
+        await self._ensure_groups("$" if self.start == "new" else "0")
+        if self.claim_after is not None:
+            await self._claim(int(self.claim_after * 1000))
+        self._backlog = dict.fromkeys(self._streams.names, "0")
+        self._ready = True
+
+    async def _ensure_groups(self, start_id: str) -> None:
+        commands = [
+            ("XGROUP", "CREATE", name, self.group, start_id, "MKSTREAM")
+            for name in self._streams.names
+        ]
+        for reply in await self._streams.run(commands):
+            if isinstance(reply, rx.ResponseError) and "BUSYGROUP" in str(reply):
+                continue  # the group is there already
+            _check(reply, "creating the consumer group")
+
+    async def _claim(self, min_idle_ms: int) -> None:
+        cursors = dict.fromkeys(self._streams.names, "0-0")
+        while cursors:
+            names = list(cursors)
+            replies = await self._streams.run(
+                [
+                    ("XAUTOCLAIM", n, self.group, self.consumer, min_idle_ms, cursors[n])
+                    for n in names
+                ]
+            )
+            for name, reply in zip(names, replies, strict=True):
+                cursor = _text(_check(reply, "claiming pending events")[0])
+                if cursor == "0-0":
+                    del cursors[name]
+                else:
+                    cursors[name] = cursor
+
+    async def read(self) -> list[Event]:
+        """The next batch: this consumer's unacknowledged events first, then
+        new ones, waiting up to `block` for some; at most `count` events,
+        oldest first. Empty if none came."""
+        if not self._ready:
+            await self.setup()
+        if not self._buffer:
+            try:
+                self._buffer = await self._read()
+            except BackendError as exc:
+                if "NOGROUP" not in str(exc.__cause__):
+                    raise
+                # A stream was deleted (FLUSHALL, a lost shard): everything a
+                # new stream holds is new to the group.
+                await self._ensure_groups("0")
+                self._buffer = await self._read()
+        # A read may bring up to `count` events from each stream; hand them
+        # out `count` at a time (they are pending until acknowledged anyway).
+        batch, self._buffer = self._buffer[: self.count], self._buffer[self.count :]
+        return batch
+
+    async def _read(self) -> list[Event]:
+        streams = self._streams
+        mine = partial(streams.read, group=self.group, consumer=self.consumer, count=self.count)
+        if self._backlog:
+            backlog = self._backlog
+            gone: list[tuple[str, str]] = []
+            events = await mine(backlog, block_ms=None, gone=gone)
+            seen = {e.stream for e in events} | {name for name, _ in gone}
+            for name in list(backlog):
+                if name not in seen:
+                    del backlog[name]  # nothing (more) pending there
+            for name, entry_id in gone:
+                backlog[name] = entry_id
+            for e in events:
+                backlog[e.stream] = e.id
+            if gone:  # trimmed away: nothing left to deliver, nothing to wait for
+                await streams.run([("XACK", n, self.group, i) for n, i in gone])
+            if events:
+                return events
+        block_ms = int(self.block * 1000)
+        events = await mine(self._new, block_ms=block_ms)
+        if not events and streams.cluster:
+            await anyio.sleep(self.block)
+        return events
+
+    async def ack(self, *events: Event) -> int:
+        """Acknowledge events: they will not be delivered again. Returns how
+        many were pending."""
+        by_stream: dict[str, list[str]] = {}
+        for e in events:
+            by_stream.setdefault(e.stream, []).append(e.id)
+        if not by_stream:
+            return 0
+        replies = await self._streams.run(
+            [("XACK", name, self.group, *ids) for name, ids in by_stream.items()]
+        )
+        return sum(int(_check(r, "acknowledging events")) for r in replies)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            for event in await self.read():
+                yield event
+
+
+async def tail(
+    store: SessionStore, *, since: datetime | None = None, block: float | timedelta = 1.0
+) -> AsyncIterator[Event]:
+    """Follow every event stream of the store's prefix from `since` (default:
+    now), without a consumer group: nothing is acknowledged or remembered.
+    For watching; use `EventConsumer` for work that must not miss events."""
+    wait = _seconds(block, "block")
+    streams = _Streams(store)
+    start_ms = (
+        int(since.timestamp() * 1000) if since is not None else await streams.server_time_ms()
+    )
+    last = dict.fromkeys(streams.names, f"{max(start_ms - 1, 0)}-{2**64 - 1}")
+    while True:
+        events = await streams.read(last, count=100, block_ms=int(wait * 1000))
+        if not events and streams.cluster:
+            await anyio.sleep(wait)
+        for e in events:
+            last[e.stream] = e.id
+            yield e
+
+
+__all__ = ["EVENT_TYPES", "Event", "EventConsumer", "EventType", "tail"]

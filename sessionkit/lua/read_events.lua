@@ -1,0 +1,26 @@
+#!lua flags=allow-cross-slot-keys
+-- Reads many event streams of one cluster node in one call, so a consumer
+-- costs one round trip per node instead of one per slot. The only script
+-- that names its keys in ARGV (it declares none): the streams are the
+-- buckets' streams this node holds, each in its own slot, which only a
+-- script flagged allow-cross-slot-keys may touch in one call. It never
+-- blocks; the caller polls.
+-- ARGV[1] consumer group ('' to read without a group)   ARGV[2] consumer
+-- ARGV[3] most entries per stream   ARGV[4..] stream name, id, ...
+-- Returns what one XREADGROUP (or XREAD) over all those streams returns:
+-- {{stream, {{id, {field, value, ...}}, ...}}, ...}, streams with nothing left out.
+local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV, 2 do
+  local r
+  if group ~= '' then
+    r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+      'STREAMS', ARGV[i], ARGV[i + 1])
+  else
+    r = redis.call('XREAD', 'COUNT', count, 'STREAMS', ARGV[i], ARGV[i + 1])
+  end
+  if r and #r[1][2] > 0 then
+    out[#out + 1] = r[1]
+  end
+end
+return out

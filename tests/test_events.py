@@ -1,0 +1,314 @@
+"""Session events: every change appends exactly its event, inside the script
+that makes it; consumers in a group get every event once and lose none
+across restarts. On the real server, the real cluster and fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from sessionkit import SessionStore, ValidationError, keys
+from sessionkit.events import EVENT_TYPES, Event, EventConsumer, tail
+from tests.conftest import Backend, StoreFactory
+
+Seen = tuple[str, str, tuple[str, ...], tuple[str, ...]]
+
+
+def seen(events: list[Event]) -> list[Seen]:
+    """What each event says (its sessions in a fixed order)."""
+    return [(e.type, e.user_id, tuple(sorted(e.session_ids)), e.groups) for e in events]
+
+
+async def drain(consumer: EventConsumer, *, ack: bool = True) -> list[Event]:
+    """Every event the consumer gets until a read comes back empty."""
+    out: list[Event] = []
+    while batch := await consumer.read():
+        out += batch
+        if ack:
+            await consumer.ack(*batch)
+    return out
+
+
+def consumer(store: SessionStore, name: str = "c1", **options: Any) -> EventConsumer:
+    options.setdefault("block", 0.05)
+    options.setdefault("group", "g")
+    return EventConsumer(store, consumer=name, **options)
+
+
+async def test_every_change_appends_exactly_its_event(make_store: StoreFactory) -> None:
+    store = make_store(max_sessions_per_user=2)
+    watch = consumer(store)
+    await watch.setup()
+
+    a1 = await store.create("alice", ["reader"])
+    a2 = await store.create("alice")
+    a3 = await store.create("alice", ["x", "y"])  # evicts a1, the oldest
+    assert await store.add_groups("alice", ["admin"]) == 2
+    assert await store.add_groups("alice", ["admin"]) == 0  # no change: no event
+    assert await store.remove_groups("alice", ["x"]) == 1
+    assert await store.remove_groups("alice", ["nope"]) == 0  # no change: no event
+    assert a2.token and a3.token and a1.token
+    assert await store.delete("alice", a2.token)
+    assert not await store.delete("alice", a2.token)  # gone already: no event
+    assert not await store.delete("bob", a3.token)  # another user's token: no event
+    b1 = await store.create("bob")
+    assert await store.delete_all("alice") == 1
+    assert await store.delete_all("alice") == 0  # nothing to delete: no event
+    # Reads write no events.
+    assert b1.token
+    await store.get("bob", b1.token)
+    await store.resolve(b1.token)
+    await store.list("bob")
+    with pytest.raises(ValidationError):
+        await store.add_groups("alice", [""])  # refused: no event
+
+    events = await drain(watch)
+    assert seen(events) == [
+        ("created", "alice", (a1.id,), ("reader",)),
+        ("created", "alice", (a2.id,), ()),
+        ("evicted", "alice", (a1.id,), ()),
+        ("created", "alice", (a3.id,), ("x", "y")),
+        ("groups_added", "alice", tuple(sorted((a2.id, a3.id))), ("admin",)),
+        ("groups_removed", "alice", (a3.id,), ("x",)),
+        ("deleted", "alice", (a2.id,), ()),
+        ("created", "bob", (b1.id,), ()),
+        ("all_deleted", "alice", (a3.id,), ()),
+    ]
+    assert {e.type for e in events} <= EVENT_TYPES
+    now = datetime.now(UTC)
+    assert all(now - timedelta(seconds=30) < e.at <= now + timedelta(seconds=1) for e in events)
+    assert [e.at for e in events] == sorted(e.at for e in events)
+
+
+async def test_events_name_sessions_never_tokens(make_store: StoreFactory) -> None:
+    store = make_store()
+    watch = consumer(store)
+    await watch.setup()
+    s = await store.create("carol", ["g"])
+    await store.delete_all("carol")
+    events = await drain(watch)
+    assert len(events) == 2 and s.token
+    assert all(s.token not in repr(e) for e in events)
+    assert all(e.session_ids == (s.id,) for e in events)
+
+
+async def test_a_user_s_events_live_in_the_user_s_hash_slot(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    store = make_store()
+    await store.create("dave")
+    _, bucket = keys.user_digest("dave")
+    streams = await backend.keys(prefix, streams=True)
+    assert keys.events_key(prefix, bucket) in streams
+    assert keys.events_key(prefix, bucket).startswith(keys.user_prefix(prefix, bucket))
+
+
+async def test_events_can_be_turned_off(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    store = make_store(events=False)
+    s = await store.create("erin", ["g"])
+    await store.add_groups("erin", "h")
+    assert s.token
+    await store.delete("erin", s.token)
+    assert await backend.keys(prefix, streams=True) == []
+
+
+async def test_each_stream_is_capped(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    store = make_store(events_maxlen=10)
+    for _ in range(300):
+        await store.create("frank")
+    _, bucket = keys.user_digest("frank")
+    length = await backend.client.xlen(keys.events_key(prefix, bucket))
+    # MAXLEN ~ trims whole stream nodes (100 entries by default), never below the cap.
+    assert 10 <= length <= 10 + 100
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"group": ""},
+        {"consumer": 7},
+        {"count": 0},
+        {"block": -1},
+        {"start": "oldest"},
+        {"claim_after": timedelta(0)},
+    ],
+)
+async def test_bad_consumer_options_are_refused(
+    make_store: StoreFactory, options: dict[str, Any]
+) -> None:
+    args: dict[str, Any] = {"group": "g", "consumer": "c"} | options
+    with pytest.raises(ValidationError) as err:
+        EventConsumer(make_store(), **args)
+    assert next(iter(options)) in err.value.message
+
+
+@pytest.mark.parametrize("bad", [0, -5, "many", True])
+async def test_bad_events_maxlen_is_refused(make_store: StoreFactory, bad: object) -> None:
+    with pytest.raises(ValidationError, match="events_maxlen"):
+        make_store(events_maxlen=bad)
+
+
+async def test_a_consumer_that_restarts_misses_nothing(make_store: StoreFactory) -> None:
+    store = make_store()
+    first = consumer(store, count=5)
+    await first.setup()
+    made = [await store.create(f"user{i}") for i in range(12)]
+    batch = await first.read()
+    assert 0 < len(batch) <= 5
+    await first.ack(*batch[:2])  # the worker dies with the rest unacknowledged
+    del first
+    made += [await store.create(f"user{i}") for i in range(12, 20)]  # while it is away
+
+    again = consumer(store, count=5)
+    events = await drain(again)
+    ids = [e.session_ids[0] for e in events]
+    assert sorted(ids + [e.session_ids[0] for e in batch[:2]]) == sorted(s.id for s in made)
+    assert len(set(ids)) == len(ids)  # nothing delivered twice after its ack
+    assert [e.session_ids[0] for e in events[: len(batch) - 2]] == [
+        e.session_ids[0] for e in batch[2:]
+    ]  # the unacknowledged come back first
+    assert await drain(consumer(store)) == []
+
+
+async def test_start_all_delivers_what_the_streams_hold(make_store: StoreFactory) -> None:
+    store = make_store()
+    before = await store.create("gina")
+    late = consumer(store, start="all")
+    assert [e.session_ids for e in await drain(late)] == [(before.id,)]
+    fresh = consumer(store, group="latecomers")  # start="new": only what comes next
+    await fresh.setup()
+    after = await store.create("gina")
+    assert [e.session_ids for e in await drain(fresh)] == [(after.id,)]
+
+
+async def test_a_group_shares_the_work_and_each_event_goes_to_one_consumer(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    workers = [consumer(store, f"w{i}", count=3) for i in range(3)]
+    for w in workers:
+        await w.setup()
+    made = await asyncio.gather(*(store.create(f"u{i}") for i in range(60)))
+    got = await asyncio.gather(*(drain(w) for w in workers))
+    ids = [e.session_ids[0] for events in got for e in events]
+    assert sorted(ids) == sorted(s.id for s in made)
+
+
+async def test_events_a_dead_consumer_left_are_claimed(make_store: StoreFactory) -> None:
+    store = make_store()
+    dead = consumer(store, "dead")
+    await dead.setup()
+    made = [await store.create(f"h{i}") for i in range(5)]
+    assert len(await drain(dead, ack=False)) == 5
+    await asyncio.sleep(0.05)
+    heir = consumer(store, "heir", claim_after=0.01)
+    events = await drain(heir)
+    assert sorted(e.session_ids[0] for e in events) == sorted(s.id for s in made)
+
+
+async def test_concurrent_changes_give_one_event_per_change(make_store: StoreFactory) -> None:
+    """Many tasks race to delete the same sessions: exactly the calls that
+    deleted something wrote an event, and each session's deletion was
+    reported once."""
+    store = make_store()
+    watch = consumer(store, count=1000)
+    await watch.setup()
+    made = [await store.create("ivan") for _ in range(20)]
+    outcomes = await asyncio.gather(
+        *(store.delete("ivan", s.token or "") for s in made for _ in range(4)),
+        *(store.add_groups("ivan", f"g{i % 3}") for i in range(15)),
+    )
+    events = [e for e in await drain(watch) if e.type != "created"]
+    deleted = [e.session_ids[0] for e in events if e.type == "deleted"]
+    assert sorted(deleted) == sorted(s.id for s in made)
+    assert sum(o is True for o in outcomes[:80]) == len(deleted)
+    added = [e for e in events if e.type == "groups_added"]
+    assert len(added) == sum(1 for n in outcomes[80:] if n)
+    assert sum(len(e.session_ids) for e in added) == sum(outcomes[80:])
+
+
+async def test_a_pending_event_trimmed_away_is_let_go(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    store = make_store()
+    reader = consumer(store)
+    await reader.setup()
+    await store.create("judy")
+    assert len(await drain(reader, ack=False)) == 1
+    _, bucket = keys.user_digest("judy")
+    await backend.client.xtrim(keys.events_key(prefix, bucket), maxlen=0)
+    later = await store.create("judy")
+    again = consumer(store)
+    assert [e.session_ids for e in await drain(again)] == [(later.id,)]
+    assert await drain(consumer(store)) == []  # the trimmed one is no longer pending
+
+
+async def test_a_deleted_stream_is_read_again_from_its_start(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    store = make_store()
+    reader = consumer(store)
+    await reader.setup()
+    _, bucket = keys.user_digest("kim")
+    await backend.client.delete(keys.events_key(prefix, bucket))  # FLUSHALL, a lost shard
+    s = await store.create("kim")
+    assert [e.session_ids for e in await drain(reader)] == [(s.id,)]
+
+
+async def test_tail_follows_changes_from_now(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("old")
+    got: list[Event] = []
+    started = asyncio.Event()
+
+    async def follow() -> None:
+        stream = tail(store, block=0.05)
+        started.set()
+        async for event in stream:
+            got.append(event)
+            if len(got) == 3:
+                return
+
+    task = asyncio.create_task(follow())
+    await started.wait()
+    await asyncio.sleep(0.2)  # let tail take its starting point
+    s = await store.create("new", ["g"])
+    await store.add_groups("new", "h")
+    await store.delete_all("new")
+    await asyncio.wait_for(task, 10)
+    assert [(e.type, e.user_id) for e in got] == [
+        ("created", "new"),
+        ("groups_added", "new"),
+        ("all_deleted", "new"),
+    ]
+    assert got[0].session_ids == (s.id,)
+
+
+async def test_a_store_made_from_a_url_feeds_a_consumer(server_url: str, prefix: str) -> None:
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        reader = consumer(store, block=0.2)
+        await reader.setup()
+        await store.create("lee", "g")
+        events = await drain(reader)
+        assert Counter(e.type for e in events) == {"created": 1}
+
+
+async def test_a_resp3_client_reads_events_too(server_url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(server_url, protocol=3)
+    try:
+        store = SessionStore(client, prefix=prefix)
+        reader = consumer(store)
+        await reader.setup()
+        s = await store.create("mona", ["g"])
+        assert seen(await drain(reader)) == [("created", "mona", (s.id,), ("g",))]
+    finally:
+        await client.aclose()
