@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import Iterable
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -30,11 +31,42 @@ from sessionkit.defaults import (
 )
 from sessionkit.errors import BackendError, BackendUnavailable, ValidationError
 from sessionkit.model import Session, decode_session, encode_body
+from sessionkit.observe import Observer
 from sessionkit.pipeline import Pipeliner
 from sessionkit.scripts import Script, Scripts
 
+if TYPE_CHECKING:
+    from sessionkit.metrics import PrometheusMetrics
+
 Client = aioredis.Redis | RedisCluster
 Duration = int | float | timedelta
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _observed(
+    operation: str,
+) -> Callable[
+    [Callable[Concatenate[SessionStore, P], Awaitable[R]]],
+    Callable[Concatenate[SessionStore, P], Awaitable[R]],
+]:
+    """Report the calls of a store method to the store's observer (metrics,
+    tracing), if it has one; otherwise call it as it is."""
+
+    def wrap(
+        method: Callable[Concatenate[SessionStore, P], Awaitable[R]],
+    ) -> Callable[Concatenate[SessionStore, P], Awaitable[R]]:
+        async def call(self: SessionStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            if self._observer is None:
+                return await method(self, *args, **kwargs)
+            return await self._observer.call(operation, method(self, *args, **kwargs))
+
+        functools.update_wrapper(call, method)
+        return call
+
+    return wrap
+
 
 #: Broken connections: worth one more try on a fresh connection.
 _RETRYABLE = (rx.ConnectionError, ConnectionError)
@@ -65,7 +97,10 @@ class SessionStore:
     how often reads rewrite last-active time when there is no idle timeout.
     With `events` (the default), every change also appends an event to a
     Redis Stream in the same script (see `sessionkit.events`); each bucket's
-    stream keeps about `events_maxlen` events.
+    stream keeps about `events_maxlen` events. `metrics` (True for
+    prometheus-client's global registry, or a `sessionkit.metrics.
+    PrometheusMetrics`) counts and times every call; `tracing` (True for the
+    global OpenTelemetry tracer provider, or a provider) makes a span of each.
     With `pipelining` (the default, on a single-server redis-py client),
     calls made concurrently by many tasks share one socket write. A call whose
     connection breaks is retried `retries` times on a fresh one (every script
@@ -85,6 +120,8 @@ class SessionStore:
         retries: int = 2,
         events: bool = True,
         events_maxlen: int = EVENTS_MAXLEN,
+        metrics: bool | PrometheusMetrics = False,
+        tracing: bool | Any = False,
         **unknown: object,
     ) -> None:
         if unknown:
@@ -118,6 +155,8 @@ class SessionStore:
                 details={"parameter": "events_maxlen"},
             )
         self.events_maxlen = maxlen
+        self._observer = Observer.make(metrics, tracing)
+        self.metrics = self._observer.metrics if self._observer else None
         self._owns_client = False
         # redis-py's RedisCluster can lose connections that are being opened
         # while its first topology load runs; load it once, before any call.
@@ -206,6 +245,7 @@ class SessionStore:
 
     # -- operations ---------------------------------------------------------
 
+    @_observed("create")
     async def create(
         self,
         user_id: str,
@@ -239,6 +279,9 @@ class SessionStore:
         reply = await self._run(
             Scripts.create, *self._create_call(uid, digest, bucket, sid, body, groups)
         )
+        if self.metrics is not None:
+            self.metrics.sessions_created()
+            self.metrics.sessions_deleted("evicted", len(reply) - 1)
         return decode_session(reply[0], sid, token, self.idle_timeout_ms)
 
     def _create_call(
@@ -264,6 +307,7 @@ class SessionStore:
         )
         return key_names, args
 
+    @_observed("get")
     async def get(self, user_id: str, token: str) -> Session | None:
         """The session of `user_id` with this token, or None (unknown,
         expired, malformed, or another user's token)."""
@@ -273,6 +317,7 @@ class SessionStore:
             return None
         return await self._read(bucket, token, digest)
 
+    @_observed("resolve")
     async def resolve(self, token: str) -> Session | None:
         """The session a token belongs to, from the token alone, or None."""
         bucket = keys.token_bucket(token)
@@ -291,6 +336,7 @@ class SessionStore:
             return None
         return decode_session(raw, sid, token, self.idle_timeout_ms)
 
+    @_observed("list")
     async def list(self, user_id: str) -> builtins.list[Session]:
         """Every live session of `user_id`, oldest first, without tokens."""
         uid = validate.user_id(user_id)
@@ -307,6 +353,7 @@ class SessionStore:
         sessions.sort(key=lambda s: (s.created_at, s.id))
         return sessions
 
+    @_observed("delete")
     async def delete(self, user_id: str, token: str) -> bool:
         """Delete the session of `user_id` with this token; False if there was none."""
         uid = validate.user_id(user_id)
@@ -315,6 +362,7 @@ class SessionStore:
             return False
         return await self._delete(uid, digest, bucket, keys.session_id(token)) == 1
 
+    @_observed("delete_by_id")
     async def delete_by_id(self, user_id: str, session_id: str) -> bool:
         """Delete a session of `user_id` by its public id (e.g. "sign out that device")."""
         uid = validate.user_id(user_id)
@@ -334,8 +382,11 @@ class SessionStore:
             ),
             (digest, sid, *self._event_args(uid)),
         )
+        if self.metrics is not None:
+            self.metrics.sessions_deleted("deleted", int(n == 1))
         return int(n)
 
+    @_observed("delete_all")
     async def delete_all(
         self, user_id: str, *, except_token: str | None = None, except_id: str | None = None
     ) -> int:
@@ -358,13 +409,17 @@ class SessionStore:
             ),
             (keep, *self._event_args(uid)),
         )
+        if self.metrics is not None:
+            self.metrics.sessions_deleted("all_deleted", int(reply[0]))
         return int(reply[0])
 
+    @_observed("add_groups")
     async def add_groups(self, user_id: str, groups: str | Iterable[str]) -> int:
         """Add access group(s) to every live session of `user_id`, atomically;
         returns how many sessions changed."""
         return await self._groups("add", user_id, groups)
 
+    @_observed("remove_groups")
     async def remove_groups(self, user_id: str, groups: str | Iterable[str]) -> int:
         """Remove access group(s) from every live session of `user_id`,
         atomically; returns how many sessions changed."""
