@@ -6,7 +6,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
@@ -48,15 +48,15 @@ R = TypeVar("R")
 def _observed(
     operation: str,
 ) -> Callable[
-    [Callable[Concatenate[SessionStore, P], Awaitable[R]]],
-    Callable[Concatenate[SessionStore, P], Awaitable[R]],
+    [Callable[Concatenate[SessionStore, P], Coroutine[Any, Any, R]]],
+    Callable[Concatenate[SessionStore, P], Coroutine[Any, Any, R]],
 ]:
     """Report the calls of a store method to the store's observer (metrics,
     tracing), if it has one; otherwise call it as it is."""
 
     def wrap(
-        method: Callable[Concatenate[SessionStore, P], Awaitable[R]],
-    ) -> Callable[Concatenate[SessionStore, P], Awaitable[R]]:
+        method: Callable[Concatenate[SessionStore, P], Coroutine[Any, Any, R]],
+    ) -> Callable[Concatenate[SessionStore, P], Coroutine[Any, Any, R]]:
         async def call(self: SessionStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
             if self._observer is None:
                 return await method(self, *args, **kwargs)
