@@ -1,7 +1,7 @@
-"""The operator CLI: ``sessionkit sessions|groups|stats|server``.
+"""The operator CLI: ``sessionkit sessions|groups|events|stats|server``.
 
 Exit codes: 0 done, 2 bad usage, 3 bad input (e.g. an empty user id),
-4 the server cannot be reached, 1 any other error.
+4 the server cannot be reached, 1 any other error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,12 +11,17 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from sessionkit.defaults import PREFIX
 from sessionkit.errors import BackendUnavailable, SessionKitError, ValidationError
+from sessionkit.events import Event, EventConsumer, tail
 from sessionkit.model import Session
 from sessionkit.store import SessionStore
 
@@ -51,9 +56,80 @@ def _parser() -> argparse.ArgumentParser:
     groups.add_argument("user")
     groups.add_argument("group", nargs="+")
 
+    events = sub.add_parser("events", help="follow session events")
+    esub = events.add_subparsers(dest="action", required=True)
+    follow = esub.add_parser(
+        "tail",
+        help="print events as they happen (one JSON object per line with --json)",
+        description="Print session events as they happen, from now (or --since). With "
+        "--group, read as a consumer of that consumer group: start where the group left "
+        "off and acknowledge each event once printed.",
+    )
+    follow.add_argument("--count", type=_positive, help="stop after this many events")
+    where = follow.add_mutually_exclusive_group()
+    where.add_argument("--since", type=_instant, help="start at this ISO 8601 time (default: now)")
+    where.add_argument(
+        "--group", help="read as a consumer of this consumer group (made at now if new)"
+    )
+    follow.add_argument("--consumer", default="sessionkit-cli", help="consumer name (with --group)")
+
     sub.add_parser("stats", help="sessions, users and memory (SCAN, never KEYS)")
     sub.add_parser("server", help="run a private embedded server in the foreground")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return n
+
+
+def _instant(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2026-11-28T12:00:00Z, got {text!r}"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _event_line(e: Event, as_json: bool) -> str:
+    if as_json:
+        data = msgspec.structs.asdict(e)
+        data["at"] = e.at.isoformat(timespec="milliseconds")
+        return json.dumps(data, ensure_ascii=False)
+    at = e.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    line = f"{at}  {e.type:<14}  {json.dumps(e.user_id, ensure_ascii=False)}"
+    line += f"  sessions={','.join(e.session_ids)}"
+    if e.groups:
+        line += f"  groups={json.dumps(list(e.groups), ensure_ascii=False)}"
+    return line
+
+
+async def _tail(args: argparse.Namespace) -> None:
+    """Print events until --count of them, or until stopped."""
+    printed = 0
+    async with SessionStore.from_url(args.redis_url, prefix=args.prefix) as store:
+        if args.group:
+            consumer = EventConsumer(store, group=args.group, consumer=args.consumer)
+            while args.count is None or printed < args.count:
+                batch = await consumer.read()
+                batch = batch[: None if args.count is None else args.count - printed]
+                for event in batch:
+                    print(_event_line(event, args.json), flush=True)
+                await consumer.ack(*batch)
+                printed += len(batch)
+            return
+        async for event in tail(store, since=args.since):
+            print(_event_line(event, args.json), flush=True)
+            printed += 1
+            if args.count is not None and printed >= args.count:
+                return
 
 
 def _row(s: Session) -> dict[str, Any]:
@@ -119,8 +195,21 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
         return stats, text
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops a command that runs until stopped as Ctrl-C does."""
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _serve() -> int:
-    import signal
     import threading
 
     from sessionkit.server import EmbeddedServer
@@ -139,7 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "server":
         return _serve()
     try:
+        if args.command == "events":
+            with _stop_on_sigterm():
+                asyncio.run(_tail(args))
+            return 0
         data, text = asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
     except ValidationError as exc:
         print(f"sessionkit: error: {exc.message}", file=sys.stderr)
         return EXIT_INPUT

@@ -142,6 +142,7 @@ class _Streams:
         attempt = 0
         while True:
             try:
+                await self.ready()
                 async with self.client.pipeline(transaction=False) as pipe:
                     for command in commands:
                         pipe.execute_command(*command)
@@ -166,6 +167,7 @@ class _Streams:
         group), oldest first; on one server, waiting up to `block_ms` for some."""
         names = list(ids)
         try:
+            await self.ready()
             if isinstance(self.client, RedisCluster):
                 reply = await self._read_nodes(self.client, ids, group, consumer, count)
             else:
@@ -226,8 +228,17 @@ class _Streams:
             return []
         return [entry for reply in replies for entry in reply]
 
+    async def ready(self) -> None:
+        """A cluster client must know the slots before reads go to nodes."""
+        if not self.store._cluster_ready:
+            await self.store._initialize_cluster()
+
     async def server_time_ms(self) -> int:
-        reply = await self.client.time()
+        try:
+            await self.ready()
+            reply = await self.client.time()
+        except _UNAVAILABLE as exc:
+            raise _unreachable(exc) from exc
         if isinstance(reply, dict):  # a cluster: one answer per node
             reply = next(iter(reply.values()))
         seconds, micros = reply
