@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     follow.add_argument("--consumer", default="sessionkit-cli", help="consumer name (with --group)")
 
-    sub.add_parser("stats", help="sessions, users and memory (SCAN, never KEYS)")
+    sub.add_parser("stats", help="sessions, users, events and memory (SCAN, never KEYS)")
     sub.add_parser("server", help="run a private embedded server in the foreground")
     return p
 
@@ -156,17 +156,32 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 async def _stats(store: SessionStore) -> dict[str, Any]:
     sessions = users = 0
+    streams: list[str] = []
     async for key in store.client.scan_iter(match=f"{store.prefix}:{{*", count=1000):
         text = key.decode() if isinstance(key, bytes) else key
-        kind = text.split("}:", 1)[-1][:2]
-        sessions += kind == "s:"
-        users += kind == "u:"
+        kind = text.split("}:", 1)[-1]
+        sessions += kind.startswith("s:")
+        users += kind.startswith("u:")
+        if kind == "events":
+            streams.append(text)
+    events = 0
+    if streams:
+        async with store.client.pipeline(transaction=False) as pipe:
+            for name in streams:
+                pipe.xlen(name)
+            events = sum(await pipe.execute())
     info = await store.client.info("memory")
     if isinstance(next(iter(info.values()), None), dict):  # a cluster: one entry per node
         used = sum(int(v["used_memory"]) for v in info.values())
     else:
         used = int(info["used_memory"])
-    return {"sessions": sessions, "users": users, "used_memory_bytes": used}
+    return {
+        "sessions": sessions,
+        "users": users,
+        "events": events,
+        "event_streams": len(streams),
+        "used_memory_bytes": used,
+    }
 
 
 async def _run(args: argparse.Namespace) -> tuple[Any, str]:
@@ -189,7 +204,8 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
             return {"changed": n}, f"changed {n} session(s) of {args.user}"
         stats = await _stats(store)
         text = (
-            f"{stats['sessions']} sessions, {stats['users']} users, "
+            f"{stats['sessions']} sessions, {stats['users']} users, {stats['events']} events "
+            f"in {stats['event_streams']} streams, "
             f"{stats['used_memory_bytes'] / 2**20:.1f} MiB server memory"
         )
         return stats, text

@@ -74,6 +74,8 @@ async def test_groups_and_stats(store: SessionStore, target: str, prefix: str) -
     assert out.stdout.strip() == "changed 2 session(s) of u1"
     stats = json.loads(cli(target, *p, "--json", "stats").stdout)
     assert stats["sessions"] == 3 and stats["users"] == 2 and stats["used_memory_bytes"] > 0
+    assert stats["events"] == 3 + 1 + 1  # three created, groups added, groups removed
+    assert stats["event_streams"] == 2  # u1's bucket and u2's
     assert "3 sessions, 2 users" in cli(target, *p, "stats").stdout
 
 

@@ -1,7 +1,8 @@
 """A bounded soak: the web mix at concurrency 200 over 10,000 users with
-lifetimes that roll over during the run. Zero errors; server memory and key
-count flat once sessions expire as fast as they are made; the client's tasks,
-connections and memory flat too."""
+lifetimes that roll over during the run, events on (the default). Zero
+errors; server memory and key count flat once sessions expire as fast as they
+are made, apart from the event streams, which grow only up to their cap; the
+client's tasks, connections and memory flat too."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sessionkit.server import EmbeddedServer
 pytestmark = pytest.mark.server
 SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 LIFETIME = 3.0
+MAXLEN = 50  # small, so that the soak reaches the streams' cap
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 
 
@@ -30,6 +32,17 @@ async def server() -> AsyncIterator[EmbeddedServer]:
         yield s
 
 
+async def _streams(admin: aioredis.Redis) -> tuple[int, int, int]:
+    """The event streams: how many, their entries, their bytes."""
+    names = [k async for k in admin.scan_iter(match="sk:*:events", count=1000)]
+    async with admin.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.xlen(name)
+            pipe.memory_usage(name)
+        replies = await pipe.execute()
+    return len(names), sum(replies[0::2]), sum(replies[1::2])
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -37,7 +50,7 @@ def _rss_mb() -> float:
 
 @pytest.mark.timeout(SECONDS * 4 + 60)
 async def test_web_mix_soak_is_error_free_and_flat(server: EmbeddedServer) -> None:
-    store = SessionStore.from_url(server.url, lifetime=LIFETIME)
+    store = SessionStore.from_url(server.url, lifetime=LIFETIME, events_maxlen=MAXLEN)
     admin = aioredis.Redis.from_url(server.url)
     users = [f"soak-{i}" for i in range(10_000)]
     tokens: dict[str, list[str]] = {u: [] for u in users}
@@ -76,14 +89,18 @@ async def test_web_mix_soak_is_error_free_and_flat(server: EmbeddedServer) -> No
             except Exception as exc:
                 errors.append(exc)
 
-    samples: list[tuple[float, int, float, int]] = []
+    samples: list[tuple[float, int, float, int]] = []  # memory and keys without the streams
+    stream_counts: list[int] = []
 
     async def sampler() -> None:
         start = time.monotonic()
         while not stop.is_set():
             await asyncio.sleep(SECONDS / 8)
             memory = (await admin.info("memory"))["used_memory"]
-            samples.append((memory, await admin.dbsize(), _rss_mb(), len(asyncio.all_tasks())))
+            streams, entries, stream_bytes = await _streams(admin)
+            stream_counts.append(entries)
+            keys = await admin.dbsize() - streams
+            samples.append((memory - stream_bytes, keys, _rss_mb(), len(asyncio.all_tasks())))
             if time.monotonic() - start >= SECONDS:
                 stop.set()
 
@@ -100,16 +117,20 @@ async def test_web_mix_soak_is_error_free_and_flat(server: EmbeddedServer) -> No
         assert max(s[1] for s in end) < max(s[1] for s in steady) * 1.5 + 100
         assert max(s[2] for s in end) < max(s[2] for s in steady) + 40  # MB of client RSS
         assert max(s[3] for s in end) <= max(s[3] for s in steady) + 5  # no leaked tasks
+        # Every bucket's stream stays within its cap (MAXLEN ~ trims whole
+        # nodes of 100 entries): memory for events is bounded, not growing.
+        assert max(stream_counts) <= 1024 * (MAXLEN + 100)
         clients = await admin.client_list()
         assert len(clients) <= 64 + 2  # the pool's bound, plus the admin connection
     finally:
         await store.aclose()
         await admin.aclose()
         gc.collect()
-    # Once every lifetime has passed, nothing is left behind.
+    # Once every lifetime has passed, nothing but the event streams is left.
     await asyncio.sleep(LIFETIME + 0.5)
     leftover = aioredis.Redis.from_url(server.url)
     try:
-        assert await leftover.dbsize() == 0
+        left = [k async for k in leftover.scan_iter(count=1000)]
+        assert left and all(k.endswith(b"}:events") for k in left)
     finally:
         await leftover.aclose()
