@@ -30,7 +30,7 @@ follows the streams without a group (nothing to acknowledge, nothing kept).
 from __future__ import annotations
 
 import asyncio
-import builtins
+import contextlib
 import math
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,7 +44,7 @@ from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 
 from sessionkit import keys
-from sessionkit.errors import BackendError, BackendUnavailable, ValidationError
+from sessionkit.errors import BackendError, BackendUnavailable, SessionKitError, ValidationError
 from sessionkit.scripts import Scripts
 from sessionkit.store import SessionStore
 
@@ -138,7 +138,9 @@ class _Streams:
 
     async def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send commands in one pipeline (per node, on a cluster); each reply
-        or the error it got, in order. Broken connections are retried."""
+        or the error it got, in order. Every command sent this way is safe to
+        repeat, so the pipeline is sent again after a broken connection, a
+        slot move or a client fault."""
         attempt = 0
         while True:
             try:
@@ -146,12 +148,26 @@ class _Streams:
                 async with self.client.pipeline(transaction=False) as pipe:
                     for command in commands:
                         pipe.execute_command(*command)
-                    return list(await pipe.execute(raise_on_error=False))
-            except _UNAVAILABLE as exc:
-                if attempt >= self.store.retries:
-                    raise _unreachable(exc) from exc
-                attempt += 1
-                await anyio.sleep(0.1 * attempt)
+                    replies = list(await pipe.execute(raise_on_error=False))
+                failed = next((r for r in replies if _transient_reply(r)), None)
+                if failed is None:
+                    return replies
+                raise failed
+            except Exception as exc:
+                if attempt >= self.store.retries + _MORE_TRIES:
+                    if isinstance(exc, _UNAVAILABLE):
+                        raise _unreachable(exc) from exc
+                    if isinstance(exc, rx.ResponseError):
+                        raise BackendError(
+                            f"the session server refused an events command: {exc}",
+                            details={"operation": "events"},
+                        ) from exc
+                    raise _client_fault(exc) from exc
+                if isinstance(exc, rx.ResponseError) and isinstance(self.client, RedisCluster):
+                    with contextlib.suppress(Exception):
+                        await self.client.nodes_manager.initialize()
+            attempt += 1
+            await anyio.sleep(0.1 * attempt)
 
     async def read(
         self,
@@ -164,7 +180,10 @@ class _Streams:
         gone: list[tuple[str, str]] | None = None,
     ) -> list[Event]:
         """Entries after `ids` (per stream; ``>`` or a pending id with a
-        group), oldest first; on one server, waiting up to `block_ms` for some."""
+        group), oldest first; on one server, waiting up to `block_ms` for some.
+        A read that may have half happened (a broken connection, a timeout,
+        slots that moved, a client fault) raises `_Transient`: with a group,
+        entries it delivered are pending, unseen, until read again."""
         names = list(ids)
         try:
             await self.ready()
@@ -181,15 +200,22 @@ class _Streams:
                 reply = await server.execute_command(
                     *head, "STREAMS", *names, *(ids[n] for n in names)
                 )
-        except (rx.TimeoutError, builtins.TimeoutError):
-            return []  # nothing came within the client's socket timeout
         except _UNAVAILABLE as exc:
-            raise _unreachable(exc) from exc
+            raise _Transient(_unreachable(exc)) from exc
         except rx.ResponseError as exc:
-            raise BackendError(
+            error = BackendError(
                 f"the session server refused reading events: {exc}",
                 details={"operation": "events"},
-            ) from exc
+            )
+            if not any(m in str(exc) for m in _MOVING):
+                raise error from exc
+            # Slots moved since the client last looked: reload the topology.
+            if isinstance(self.client, RedisCluster):
+                with contextlib.suppress(Exception):
+                    await self.client.nodes_manager.initialize()
+            raise _Transient(error) from exc
+        except Exception as exc:
+            raise _Transient(_client_fault(exc)) from exc
         events = _entries(reply, gone)
         events.sort(key=_entry_key)
         return events
@@ -217,16 +243,13 @@ class _Streams:
                     "EVAL", script.source, 0, *args, target_nodes=node
                 )
 
-        try:
-            replies = await asyncio.gather(*(on(n, names) for n, names in by_node.values()))
-        except rx.ResponseError as exc:
-            if "non local key" not in str(exc) and "MOVED" not in str(exc):
-                raise
-            # Slots moved since the client last looked: reload the topology;
-            # the next read goes to the right nodes.
-            await client.nodes_manager.initialize()
-            return []
-        return [entry for reply in replies for entry in reply]
+        replies = await asyncio.gather(*(on(n, names) for n, names in by_node.values()))
+        if any(skipped for _, skipped in replies):
+            # Some slots are moving: read what could be read, and reload the
+            # topology so the next read goes to their new nodes.
+            with contextlib.suppress(Exception):
+                await client.nodes_manager.initialize()
+        return [entry for entries, _ in replies for entry in entries]
 
     async def ready(self) -> None:
         """A cluster client must know the slots before reads go to nodes."""
@@ -245,9 +268,41 @@ class _Streams:
         return int(seconds) * 1000 + int(micros) // 1000
 
 
+class _Transient(Exception):
+    """A read that failed in a way worth repeating; `error` is what to raise
+    if repeating does not help."""
+
+    def __init__(self, error: SessionKitError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+#: Reads repeat a failed read the store's `retries` and this many more times:
+#: a slot move or a failover can take a few tries to settle.
+_MORE_TRIES = 3
+
+#: Errors of a cluster whose slots are moving: the read goes on after a
+#: topology reload.
+_MOVING = ("non local key", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "not served")
+
+
+def _transient_reply(reply: Any) -> bool:
+    """A pipelined reply that is an error worth sending the pipeline again for."""
+    if isinstance(reply, rx.ResponseError):
+        return any(m in str(reply) for m in _MOVING)
+    return isinstance(reply, Exception)
+
+
+def _client_fault(exc: BaseException) -> BackendError:
+    return BackendError(
+        f"the Redis client failed while handling events: {exc!r}",
+        details={"operation": "events"},
+    )
+
+
 def _unreachable(exc: BaseException) -> BackendUnavailable:
     return BackendUnavailable(
-        f"the session server is unreachable while reading events: {exc}",
+        f"the session server is unreachable while handling events: {exc}",
         details={"operation": "events"},
     )
 
@@ -394,16 +449,25 @@ class EventConsumer:
         oldest first. Empty if none came."""
         if not self._ready:
             await self.setup()
-        if not self._buffer:
+        attempt = 0
+        while not self._buffer:
             try:
                 self._buffer = await self._read()
+                break
+            except _Transient as exc:
+                # What the failed read delivered is pending but unseen: read
+                # this consumer's pending entries again before new ones.
+                self._backlog = dict.fromkeys(self._streams.names, "0")
+                if attempt >= self._streams.store.retries + _MORE_TRIES:
+                    raise exc.error from exc.__cause__
+                attempt += 1
+                await anyio.sleep(0.1 * attempt)
             except BackendError as exc:
                 if "NOGROUP" not in str(exc.__cause__):
                     raise
                 # A stream was deleted (FLUSHALL, a lost shard): everything a
                 # new stream holds is new to the group.
                 await self._ensure_groups("0")
-                self._buffer = await self._read()
         # A read may bring up to `count` events from each stream; hand them
         # out `count` at a time (they are pending until acknowledged anyway).
         batch, self._buffer = self._buffer[: self.count], self._buffer[self.count :]
@@ -468,8 +532,17 @@ async def tail(
         int(since.timestamp() * 1000) if since is not None else await streams.server_time_ms()
     )
     last = dict.fromkeys(streams.names, f"{max(start_ms - 1, 0)}-{2**64 - 1}")
+    attempt = 0
     while True:
-        events = await streams.read(last, count=100, block_ms=int(wait * 1000))
+        try:
+            events = await streams.read(last, count=100, block_ms=int(wait * 1000))
+            attempt = 0
+        except _Transient as exc:
+            if attempt >= store.retries + _MORE_TRIES:
+                raise exc.error from exc.__cause__
+            attempt += 1
+            await anyio.sleep(0.1 * attempt)
+            continue
         if not events and streams.cluster:
             await anyio.sleep(wait)
         for e in events:

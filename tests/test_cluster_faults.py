@@ -1,6 +1,6 @@
 """Redis Cluster faults: a master killed under load fails over to its replica
 and the store keeps working without a restart (MOVED, reconnect, NOSCRIPT on
-the new master)."""
+the new master); slots moved under load lose neither sessions nor events."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 import pytest
 
 from sessionkit import BackendError, BackendUnavailable, Session, SessionStore
+from sessionkit.events import Event, EventConsumer
 from sessionkit.server import EmbeddedCluster
 
 pytestmark = [
@@ -79,7 +80,7 @@ async def _resolves(store: SessionStore, s: Session) -> bool:
         return False
 
 
-async def test_slots_move_under_load_without_errors_or_loss() -> None:
+async def test_slots_move_under_load_without_errors_or_loss_of_sessions_or_events() -> None:
     import os
     import subprocess
 
@@ -110,7 +111,20 @@ async def test_slots_move_under_load_without_errors_or_loss() -> None:
                     except Exception as exc:
                         errors.append(exc)
 
+            consumer = EventConsumer(store, group="g", consumer="c", block=0.05, start="all")
+            events: list[Event] = []
+            consumed = asyncio.Event()
+
+            async def consume() -> None:
+                while True:
+                    batch = await consumer.read()
+                    events.extend(batch)
+                    await consumer.ack(*batch)
+                    if consumed.is_set() and not batch:
+                        return
+
             ids = [_command(n.port, "CLUSTER", "MYID").split("\r\n")[1] for n in cluster.nodes]
+            reader = asyncio.ensure_future(consume())
             tasks = [asyncio.ensure_future(load(i)) for i in range(20)]
             await asyncio.sleep(0.3)
             reshard = await asyncio.create_subprocess_exec(
@@ -123,10 +137,16 @@ async def test_slots_move_under_load_without_errors_or_loss() -> None:
             assert reshard.returncode == 0, err
             stop.set()
             await asyncio.gather(*tasks)
+            consumed.set()
+            await asyncio.wait_for(reader, 60)
             assert done > 100
             assert not errors, errors[:3]
             for u, sessions in made.items():
                 listed = {s.id for s in await store.list(u)}
                 assert {s.id for s in sessions} <= listed  # nothing lost
+            # Every session made has exactly one "created" event, read once,
+            # though its stream may have moved to another node meanwhile.
+            created = sorted(e.session_ids[0] for e in events if e.type == "created")
+            assert created == sorted(s.id for sessions in made.values() for s in sessions)
         finally:
             await store.aclose()

@@ -68,7 +68,9 @@ async def test_every_change_appends_exactly_its_event(make_store: StoreFactory) 
         await store.add_groups("alice", [""])  # refused: no event
 
     events = await drain(watch)
-    assert seen(events) == [
+    # One user's events are in order; different users' only as far as server
+    # clocks go (on a cluster, different nodes).
+    assert seen([e for e in events if e.user_id == "alice"]) == [
         ("created", "alice", (a1.id,), ("reader",)),
         ("created", "alice", (a2.id,), ()),
         ("evicted", "alice", (a1.id,), ()),
@@ -76,13 +78,13 @@ async def test_every_change_appends_exactly_its_event(make_store: StoreFactory) 
         ("groups_added", "alice", tuple(sorted((a2.id, a3.id))), ("admin",)),
         ("groups_removed", "alice", (a3.id,), ("x",)),
         ("deleted", "alice", (a2.id,), ()),
-        ("created", "bob", (b1.id,), ()),
         ("all_deleted", "alice", (a3.id,), ()),
     ]
+    assert seen([e for e in events if e.user_id != "alice"]) == [("created", "bob", (b1.id,), ())]
     assert {e.type for e in events} <= EVENT_TYPES
     now = datetime.now(UTC)
     assert all(now - timedelta(seconds=30) < e.at <= now + timedelta(seconds=1) for e in events)
-    assert [e.at for e in events] == sorted(e.at for e in events)
+    assert [e.at for e in events] == sorted(e.at for e in events)  # a batch is time-ordered
 
 
 async def test_events_name_sessions_never_tokens(make_store: StoreFactory) -> None:

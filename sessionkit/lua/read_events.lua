@@ -7,20 +7,27 @@
 -- blocks; the caller polls.
 -- ARGV[1] consumer group ('' to read without a group)   ARGV[2] consumer
 -- ARGV[3] most entries per stream   ARGV[4..] stream name, id, ...
--- Returns what one XREADGROUP (or XREAD) over all those streams returns:
--- {{stream, {{id, {field, value, ...}}, ...}}, ...}, streams with nothing left out.
+-- Returns {entries, skipped}: entries as one XREADGROUP (or XREAD) over all
+-- those streams returns them, {{stream, {{id, {field, value, ...}}, ...}}, ...},
+-- streams with nothing left out; skipped, the streams this node could not
+-- read (their slot is moving to another node: the caller asks again later).
 local group, consumer, count = ARGV[1], ARGV[2], ARGV[3]
-local out = {}
+local out, skipped = {}, {}
 for i = 4, #ARGV, 2 do
   local r
   if group ~= '' then
-    r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+    r = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
       'STREAMS', ARGV[i], ARGV[i + 1])
   else
-    r = redis.call('XREAD', 'COUNT', count, 'STREAMS', ARGV[i], ARGV[i + 1])
+    r = redis.pcall('XREAD', 'COUNT', count, 'STREAMS', ARGV[i], ARGV[i + 1])
   end
-  if r and #r[1][2] > 0 then
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'NOGROUP', 1, true) then
+      return redis.error_reply(r.err)
+    end
+    skipped[#skipped + 1] = ARGV[i]
+  elseif r and #r[1][2] > 0 then
     out[#out + 1] = r[1]
   end
 end
-return out
+return {out, skipped}
