@@ -314,3 +314,31 @@ async def test_a_resp3_client_reads_events_too(server_url: str, prefix: str) -> 
         assert seen(await drain(reader)) == [("created", "mona", (s.id,), ("g",))]
     finally:
         await client.aclose()
+
+
+@pytest.mark.server
+@pytest.mark.usefixtures("drops_connections")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_consumer_rides_out_killed_connections(server_url: str, prefix: str) -> None:
+    """The consumer's connection is killed while it waits for events: it
+    reconnects, and every event still arrives."""
+    admin = aioredis.Redis.from_url(server_url)
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        reader = consumer(store, block=5.0)
+        await reader.setup()
+        got: list[Event] = []
+
+        async def read_until(n: int) -> None:
+            while len(got) < n:
+                batch = await reader.read()
+                got.extend(batch)
+                await reader.ack(*batch)
+
+        task = asyncio.create_task(read_until(10))
+        for i in range(10):
+            await asyncio.sleep(0.05)
+            await admin.client_kill_filter(_type="normal", skipme=True)
+            await store.create(f"k{i}")
+        await asyncio.wait_for(task, 30)
+    await admin.aclose()
+    assert sorted(e.user_id for e in got) == sorted(f"k{i}" for i in range(10))
