@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="small setups, short runs (CI smoke test)")
     p.add_argument("--no-limits", action="store_true", help="skip the server ceiling and memory")
+    p.add_argument(
+        "--no-events", action="store_true", help="sessionkit with its event streams turned off"
+    )
     args = p.parse_args(argv)
     names = [s.name for s in SCENARIOS]
     for s in args.scenario or []:
@@ -133,7 +136,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         stack.push_async_callback(sk_store.aclose)
         client = sk_store.client
         prefix = f"bench{uuid.uuid4().hex[:6]}"
-        impls = make_impls(client, prefix, impl_names, cluster)
+        events = not args.no_events
+        impls = make_impls(client, prefix, impl_names, cluster, events=events)
         for impl in impls:
             if impl.name == "sessionkit":
                 await impl.store.load_scripts()
@@ -150,6 +154,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "starsessions": version("starsessions"),
             "loop": "uvloop" if args.uvloop else "asyncio",
             "concurrency": args.concurrency,
+            "events": events,
             "pool_size": pool,
             "duration_s": duration,
             "max_ops": args.ops,
@@ -195,13 +200,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             resolve_impl: Impl = (
                 impls[0]
                 if impls and impls[0].name == "sessionkit"
-                else make_impls(client, prefix, ["sessionkit"], cluster)[0]
+                else make_impls(client, prefix, ["sessionkit"], cluster, events=events)[0]
             )
             made = await resolve_impl.populate([f"ceil-{i}" for i in range(2000)], 1)
             ceiling = await measure_ceiling(
                 url, resolve_impl.store, [c.token for c in made], 0.3 if args.quick else 1.0
             )
-            memory = await _memory(args.quick)
+            memory = await _memory(args.quick, events)
         doc = report.build(conditions, results, ceiling, memory)
     report.print_table(doc, console)
     report.write(doc, args.results, args.json)
@@ -209,14 +214,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-async def _memory(quick: bool) -> dict[str, Any]:
+async def _memory(quick: bool, events: bool) -> dict[str, Any]:
     """Bytes per session on a fresh private server (the layout's cost, not the
     benchmark server's state)."""
     n = 2_000 if quick else 100_000
     async with EmbeddedServer() as server:
         store = SessionStore.from_url(server.url)
         try:
-            impls = make_impls(store.client, "mem", ["sessionkit", "naive"], False)
+            impls = make_impls(store.client, "mem", ["sessionkit", "naive"], False, events=events)
             return await measure_memory(server.url, n, impls)
         finally:
             await store.aclose()

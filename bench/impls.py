@@ -128,9 +128,13 @@ class Impl:
         return list(await asyncio.gather(*(one(u) for u in owners)))
 
 
-def make_impls(client: Any, prefix: str, names: list[str], cluster: bool) -> list[Impl]:
+def make_impls(
+    client: Any, prefix: str, names: list[str], cluster: bool, *, events: bool = True
+) -> list[Impl]:
     """The implementations asked for, each on its own key prefix. naive and
-    peer are left out on a cluster: their multi-key writes use untagged keys."""
+    peer are left out on a cluster: their multi-key writes use untagged keys.
+    `events` turns sessionkit's event streams on or off (naive and peer have
+    none)."""
     out: list[Impl] = []
     for name in names:
         if name == "sessionkit":
@@ -146,7 +150,9 @@ def make_impls(client: Any, prefix: str, names: list[str], cluster: bool) -> lis
         own = f"{prefix}{name[:2]}"
         if kind is PeerStore:
             out.append(Impl(name, PeerStore(client, prefix=own), PEER_OPS, client))
-        else:
-            short = kind(client, prefix=own, lifetime=0.5)
-            out.append(Impl(name, kind(client, prefix=own), ALL_OPS, client, short_store=short))
+            continue
+        opts: dict[str, Any] = {"events": events} if kind is SessionStore else {}
+        short = kind(client, prefix=own, lifetime=0.5, **opts)
+        store = kind(client, prefix=own, **opts)
+        out.append(Impl(name, store, ALL_OPS, client, short_store=short))
     return out

@@ -37,10 +37,10 @@ def _resolve_commands(prefix: str, tokens: list[str]) -> list[bytes]:
     return out
 
 
-def _create_commands(prefix: str, n: int) -> list[bytes]:
-    """`n` create-script calls for fresh tokens over 10,000 users, as a
-    default store makes them."""
-    store = SessionStore(aioredis.Redis(), prefix=prefix, pipelining=False)
+def _create_commands(prefix: str, n: int, events: bool) -> list[bytes]:
+    """`n` create-script calls for fresh tokens over 10,000 users, as the
+    benchmarked store makes them."""
+    store = SessionStore(aioredis.Redis(), prefix=prefix, pipelining=False, events=events)
     out = []
     for i in range(n):
         uid = f"ceiling-{i % 10_000}"
@@ -92,7 +92,7 @@ def _main() -> None:
         if cfg["op"] == "resolve":
             commands = _resolve_commands(cfg["prefix"], cfg["tokens"])
         else:
-            commands = _create_commands(cfg["prefix"], cfg["n"])
+            commands = _create_commands(cfg["prefix"], cfg["n"], cfg["events"])
         out.append(
             asyncio.run(
                 _drive(
@@ -125,6 +125,7 @@ async def measure_ceiling(
         {
             "op": op,
             "prefix": store.prefix,
+            "events": store.events,
             "tokens": tokens[:5000],
             "n": max(20_000, int(40_000 * seconds)),
             "host": host,
