@@ -35,8 +35,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
 import anyio
 import msgspec
@@ -347,9 +346,11 @@ class EventConsumer:
     """One consumer of a consumer group over every event stream of a store's
     prefix.
 
-    ``async with EventConsumer(store, group="cache", consumer="worker-1") as c:
-    async for event in c: ...; await c.ack(event)``. The group is created on
-    first use, starting at new events (``start="new"``) or at every event the
+    ``c = EventConsumer(store, group="cache", consumer="worker-1")``, then
+    ``async for event in c: ...; await c.ack(event)``. It holds no
+    connection of its own (it uses the store's client), so there is nothing
+    to close. The group is made by `setup()` or the first read, starting at
+    new events (``start="new"``) or at every event the
     streams still hold (``start="all"``); later starts resume where the group
     left off. A consumer first gets back its own unacknowledged events, and
     with `claim_after` also those another consumer of the group left
@@ -394,18 +395,6 @@ class EventConsumer:
         self._backlog: dict[str, str] = {}  # per stream: the next pending id to read
         self._new = dict.fromkeys(self._streams.names, ">")
         self._buffer: list[Event] = []  # read from the server, not yet handed out
-
-    async def __aenter__(self) -> Self:
-        await self.setup()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     async def setup(self) -> None:
         """Create the group on every stream that lacks it, and claim what

@@ -36,7 +36,7 @@ class Observer:
         `tracing` (False, True for the global tracer provider, or a
         provider) options; None when both are off."""
         m: PrometheusMetrics | None = None
-        if metrics is True or (metrics is not False and metrics is not None):
+        if metrics is not False and metrics is not None:
             try:
                 from sessionkit.metrics import PrometheusMetrics
             except ImportError as exc:
