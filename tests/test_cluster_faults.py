@@ -1,6 +1,7 @@
 """Redis Cluster faults: a master killed under load fails over to its replica
 and the store keeps working without a restart (MOVED, reconnect, NOSCRIPT on
-the new master); slots moved under load lose neither sessions nor events."""
+the new master), and an event consumer goes on where it was; slots moved
+under load lose neither sessions nor events."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ async def test_a_master_killed_under_load_fails_over_and_the_store_keeps_working
         try:
             users = [f"user{i}" for i in range(60)]
             before: list[Session] = [await store.create(u, ["g"]) for u in users]
+            reader = EventConsumer(store, group="g", consumer="c", block=0.05, start="all")
+            assert len(await _drain(reader)) == 60
             errors: list[BaseException] = []
             stop = asyncio.Event()
             done = 0
@@ -64,13 +67,30 @@ async def test_a_master_killed_under_load_fails_over_and_the_store_keeps_working
             # During the failover window callers saw only the documented errors.
             assert all(isinstance(e, (BackendUnavailable, BackendError)) for e in errors)
             # After it: every operation works on every slot, scripts included.
+            after = []
             for u in users:
                 assert await store.add_groups(u, "after") >= 1
                 made = await store.create(u)
+                after.append(made.id)
                 assert await store.get(u, made.token or "") is not None
             assert recovered < 30
+            # The consumer group lived on in the promoted replica: the same
+            # consumer reads exactly what happened after the failover.
+            events = await _drain(reader)
+            assert sorted(e.user_id for e in events if e.type == "groups_added") == sorted(users)
+            assert sorted(e.session_ids[0] for e in events if e.type == "created") == sorted(after)
+            assert len(events) == 2 * len(users)
         finally:
             await store.aclose()
+
+
+async def _drain(reader: EventConsumer) -> list[Event]:
+    """Every event the reader gets (acknowledged) until a read comes back empty."""
+    out: list[Event] = []
+    while batch := await reader.read():
+        out += batch
+        await reader.ack(*batch)
+    return out
 
 
 async def _resolves(store: SessionStore, s: Session) -> bool:
