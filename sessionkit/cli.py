@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     follow.add_argument("--consumer", default="sessionkit-cli", help="consumer name (with --group)")
 
+    status = esub.add_parser(
+        "status",
+        help="a consumer group's pending and undelivered events, and streams where it lost some",
+    )
+    status.add_argument("--group", required=True, help="the consumer group")
+
     sub.add_parser("stats", help="sessions, users, events and memory (SCAN, never KEYS)")
     sub.add_parser("server", help="run a private embedded server in the foreground")
     return p
@@ -187,6 +193,16 @@ async def _stats(store: SessionStore) -> dict[str, Any]:
 async def _run(args: argparse.Namespace) -> tuple[Any, str]:
     """The command's result, as data and as text for people."""
     async with SessionStore.from_url(args.redis_url, prefix=args.prefix) as store:
+        if args.command == "events":  # status; tail streams its output (see _tail)
+            st = await EventConsumer(store, group=args.group, consumer="sessionkit-cli").status()
+            data = msgspec.structs.asdict(st)
+            undelivered = "unknown" if st.undelivered is None else st.undelivered
+            text = f"group {st.group}: {st.pending} pending, {undelivered} undelivered"
+            if st.lost_streams:
+                lost = "some" if st.lost is None else st.lost
+                text += f"; {lost} lost to the streams' cap, in {len(st.lost_streams)} stream(s):"
+                text += "".join(f"\n  {name}" for name in st.lost_streams)
+            return data, text
         if args.command == "sessions" and args.action == "list":
             rows = [_row(s) for s in await store.list(args.user)]
             return rows, _table(rows)
@@ -244,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "server":
         return _serve()
     try:
-        if args.command == "events":
+        if args.command == "events" and args.action == "tail":
             with _stop_on_sigterm():
                 asyncio.run(_tail(args))
             return 0

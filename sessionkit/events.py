@@ -74,6 +74,45 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     stream: str
 
 
+class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a consumer group stands, over every stream of a prefix.
+
+    `pending`: delivered to a consumer, not yet acknowledged. `undelivered`:
+    still in the streams, not yet delivered to the group. `lost`: events the
+    group fell so far behind on (more than ``events_maxlen``) that the
+    streams trimmed them before it read them; `lost_streams` names those
+    streams. Counts are None where a stream cannot tell (entries deleted in
+    its middle by hand).
+    """
+
+    group: str
+    pending: int
+    undelivered: int | None
+    lost: int | None
+    lost_streams: tuple[str, ...]
+
+
+def _fields(reply: Any) -> dict[str, Any]:
+    """An XINFO reply as a dict with text keys (redis-py gives a flat list or a dict)."""
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=True))
+    return {_text(k): v for k, v in reply.items()}
+
+
+def _behind(stream: dict[str, Any], group: dict[str, Any]) -> int | None:
+    """Entries added to a stream after the group's last read, trimmed or
+    not; None if the server cannot tell."""
+    added, read = stream.get("entries-added"), group.get("entries-read")
+    if added is not None and read is not None:
+        return int(added) - int(read)
+    return None if group.get("lag") is None else int(group["lag"])
+
+
+def _id(value: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -487,6 +526,56 @@ class EventConsumer:
             await anyio.sleep(self.block)
         return events
 
+    async def status(self) -> GroupStatus:
+        """How far behind the group is, and whether it lost events to the
+        streams' cap (one pipelined XINFO per stream: for monitoring, not
+        for every read)."""
+        names = self._streams.names
+        commands: list[tuple[Any, ...]] = []
+        for name in names:
+            commands += [("XINFO", "STREAM", name), ("XINFO", "GROUPS", name)]
+        replies = await self._streams.run(commands)
+        pending, undelivered, lost = 0, 0, 0
+        lost_streams: list[str] = []
+        unknown = False
+        for i, name in enumerate(names):
+            stream, groups = replies[2 * i], replies[2 * i + 1]
+            if isinstance(stream, rx.ResponseError) and "no such key" in str(stream):
+                continue  # nothing was ever written there
+            info = _fields(_check(stream, "reading stream information"))
+            mine = [
+                g
+                for g in map(_fields, _check(groups, "reading group information"))
+                if _text(g["name"]) == self.group
+            ]
+            if not mine:
+                undelivered += int(info["length"])  # the group is not made there yet
+                continue
+            group = mine[0]
+            pending += int(group["pending"])
+            length = int(info["length"])
+            behind = _behind(info, group)
+            if behind is None:
+                unknown = True
+                continue
+            first = info.get("first-entry")
+            if first and _id(first[0]) <= _id(group["last-delivered-id"]):
+                undelivered += behind  # trimming has not reached the group's position
+            else:
+                # Everything the stream holds is newer than the group's last
+                # read; whatever else came after that read was trimmed away.
+                undelivered += length
+                if behind > length:
+                    lost += behind - length
+                    lost_streams.append(name)
+        return GroupStatus(
+            group=self.group,
+            pending=pending,
+            undelivered=None if unknown else undelivered,
+            lost=None if unknown else lost,
+            lost_streams=tuple(lost_streams),
+        )
+
     async def ack(self, *events: Event) -> int:
         """Acknowledge events: they will not be delivered again. Returns how
         many were pending."""
@@ -539,4 +628,4 @@ async def tail(
             yield e
 
 
-__all__ = ["EVENT_TYPES", "Event", "EventConsumer", "EventType", "tail"]
+__all__ = ["EVENT_TYPES", "Event", "EventConsumer", "EventType", "GroupStatus", "tail"]

@@ -178,6 +178,16 @@ async def test_events_tail_as_a_group_consumer_resumes_where_it_stopped(
     out = cli(target, *p, "events", "tail", "--group", "ops", "--count", "1")
     assert [(e["type"], e["session_ids"]) for e in event_lines(out)] == [("created", [later.id])]
     assert first.id != later.id
+    status = cli(target, *p, "events", "status", "--group", "ops")
+    assert json.loads(status.stdout) == {
+        "group": "ops",
+        "pending": 0,
+        "undelivered": 0,
+        "lost": 0,
+        "lost_streams": [],
+    }
+    text = cli(target, "--prefix", prefix, "events", "status", "--group", "ops").stdout
+    assert text.strip() == "group ops: 0 pending, 0 undelivered"
 
 
 async def _has_group(store: SessionStore, stream: str, group: str) -> bool:

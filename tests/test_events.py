@@ -342,3 +342,35 @@ async def test_a_consumer_rides_out_killed_connections(server_url: str, prefix: 
         await asyncio.wait_for(task, 30)
     await admin.aclose()
     assert sorted(e.user_id for e in got) == sorted(f"k{i}" for i in range(10))
+
+
+async def test_status_tells_pending_undelivered_and_events_lost_to_the_cap(
+    make_store: StoreFactory, prefix: str
+) -> None:
+    store = make_store()
+    reader = consumer(store, count=2)
+    await reader.setup()
+    for _ in range(3):
+        await store.create("ann")
+    first = await reader.read()
+    assert len(first) == 2
+    status = await reader.status()
+    assert (status.group, status.pending, status.undelivered, status.lost) == ("g", 2, 1, 0)
+    assert status.lost_streams == ()
+
+    # The group falls far behind a small cap: the oldest events are trimmed.
+    capped = make_store(events_maxlen=1)
+    for _ in range(250):
+        await capped.create("ann")
+    _, bucket = keys.user_digest("ann")
+    behind = await reader.status()
+    assert behind.lost_streams == (keys.events_key(prefix, bucket),)
+    assert behind.lost is not None and behind.undelivered is not None
+    assert behind.lost > 0 and behind.lost + behind.undelivered == 1 + 250
+    left = await capped.client.xlen(keys.events_key(prefix, bucket))
+    assert behind.undelivered == left  # all that is left came after the group's last read
+
+    await reader.ack(*first)
+    assert len(await drain(reader)) == behind.undelivered  # the lost ones never come
+    status = await reader.status()
+    assert (status.pending, status.undelivered, status.lost, status.lost_streams) == (0, 0, 0, ())
