@@ -109,6 +109,7 @@ def _behind(stream: dict[str, Any], group: dict[str, Any]) -> int | None:
 
 
 def _id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id as numbers, for ordering: ``"1700000000000-3"`` → (1700000000000, 3)."""
     ms, _, seq = _text(value).partition("-")
     return int(ms), int(seq or 0)
 
@@ -128,15 +129,14 @@ def _event(stream: str, entry_id: str, fields: dict[Any, Any]) -> Event:
         user_id=f.get("user", ""),
         session_ids=tuple(f.get("sessions", "").split()),
         groups=groups,
-        at=datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC),
+        at=datetime.fromtimestamp(_id(entry_id)[0] / 1000, UTC),
         id=entry_id,
         stream=stream,
     )
 
 
 def _entry_key(event: Event) -> tuple[int, int]:
-    ms, _, seq = event.id.partition("-")
-    return int(ms), int(seq or 0)
+    return _id(event.id)
 
 
 def _name(value: object, what: str) -> str:
