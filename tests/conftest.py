@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from sessionkit import SessionStore
+from sessionkit.events import Event, EventConsumer
 from sessionkit.server import EmbeddedCluster, EmbeddedServer
 from sessionkit.store import Client
 
@@ -156,3 +157,13 @@ def _collect_garbage_in_the_test_that_made_it() -> Iterator[None]:
     """Objects a test leaks are collected (and warned about) in that test."""
     yield
     gc.collect()
+
+
+async def drain(consumer: EventConsumer, *, ack: bool = True) -> list[Event]:
+    """Every event the consumer gets until a read comes back empty."""
+    out: list[Event] = []
+    while batch := await consumer.read():
+        out += batch
+        if ack:
+            await consumer.ack(*batch)
+    return out

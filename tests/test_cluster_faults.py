@@ -13,6 +13,7 @@ import pytest
 from sessionkit import BackendError, BackendUnavailable, Session, SessionStore
 from sessionkit.events import Event, EventConsumer
 from sessionkit.server import EmbeddedCluster
+from tests.conftest import drain
 
 pytestmark = [
     pytest.mark.cluster,
@@ -31,7 +32,7 @@ async def test_a_master_killed_under_load_fails_over_and_the_store_keeps_working
             users = [f"user{i}" for i in range(60)]
             before: list[Session] = [await store.create(u, ["g"]) for u in users]
             reader = EventConsumer(store, group="g", consumer="c", block=0.05, start="all")
-            assert len(await _drain(reader)) == 60
+            assert len(await drain(reader)) == 60
             errors: list[BaseException] = []
             stop = asyncio.Event()
             done = 0
@@ -76,21 +77,12 @@ async def test_a_master_killed_under_load_fails_over_and_the_store_keeps_working
             assert recovered < 30
             # The consumer group lived on in the promoted replica: the same
             # consumer reads exactly what happened after the failover.
-            events = await _drain(reader)
+            events = await drain(reader)
             assert sorted(e.user_id for e in events if e.type == "groups_added") == sorted(users)
             assert sorted(e.session_ids[0] for e in events if e.type == "created") == sorted(after)
             assert len(events) == 2 * len(users)
         finally:
             await store.aclose()
-
-
-async def _drain(reader: EventConsumer) -> list[Event]:
-    """Every event the reader gets (acknowledged) until a read comes back empty."""
-    out: list[Event] = []
-    while batch := await reader.read():
-        out += batch
-        await reader.ack(*batch)
-    return out
 
 
 async def _resolves(store: SessionStore, s: Session) -> bool:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from sessionkit import SessionStore, ValidationError, keys
 from sessionkit.events import EVENT_TYPES, Event, EventConsumer, tail
-from tests.conftest import Backend, StoreFactory
+from tests.conftest import Backend, StoreFactory, drain
 
 Seen = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 
@@ -22,16 +22,6 @@ Seen = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 def seen(events: list[Event]) -> list[Seen]:
     """What each event says (its sessions in a fixed order)."""
     return [(e.type, e.user_id, tuple(sorted(e.session_ids)), e.groups) for e in events]
-
-
-async def drain(consumer: EventConsumer, *, ack: bool = True) -> list[Event]:
-    """Every event the consumer gets until a read comes back empty."""
-    out: list[Event] = []
-    while batch := await consumer.read():
-        out += batch
-        if ack:
-            await consumer.ack(*batch)
-    return out
 
 
 def consumer(store: SessionStore, name: str = "c1", **options: Any) -> EventConsumer:
