@@ -216,9 +216,12 @@ class _Streams:
         count: int,
         block_ms: int | None,
         gone: list[tuple[str, str]] | None = None,
+        skipped: list[str] | None = None,
     ) -> list[Event]:
         """Entries after `ids` (per stream; ``>`` or a pending id with a
         group), oldest first; on one server, waiting up to `block_ms` for some.
+        On a cluster, streams whose slot is still moving after a few tries are
+        left unread (nothing delivered) and added to `skipped`.
         A read that may have half happened (a broken connection, a timeout,
         slots that moved, a client fault) raises `_Transient`: with a group,
         entries it delivered are pending, unseen, until read again."""
@@ -226,7 +229,9 @@ class _Streams:
         try:
             await self.ready()
             if isinstance(self.client, RedisCluster):
-                reply = await self._read_nodes(self.client, ids, group, consumer, count)
+                reply, unread = await self._read_nodes(self.client, ids, group, consumer, count)
+                if skipped is not None:
+                    skipped += unread
             else:
                 head: tuple[Any, ...] = (
                     ("XREADGROUP", "GROUP", group, consumer) if group else ("XREAD",)
@@ -260,12 +265,12 @@ class _Streams:
 
     async def _read_nodes(
         self, client: RedisCluster, ids: dict[str, str], group: str, consumer: str, count: int
-    ) -> list[Any]:
-        by_node: dict[str, tuple[Any, list[str]]] = {}
-        for name in ids:
-            node = client.get_node_from_key(name)
-            if node is not None:
-                by_node.setdefault(node.name, (node, []))[1].append(name)
+    ) -> tuple[list[Any], list[str]]:
+        """Entries of every stream in `ids`, one script call per node, and the
+        streams no node could read. A stream whose slot moved is read again on
+        its new node after a topology reload, so an empty answer means no
+        entries rather than a stale slot map; one caught mid-move (no node
+        serves it until the move ends) is tried a few times, then left out."""
         script = Scripts.read_events
 
         async def on(node: Any, names: list[str]) -> Any:
@@ -281,13 +286,38 @@ class _Streams:
                     "EVAL", script.source, 0, *args, target_nodes=node
                 )
 
-        replies = await asyncio.gather(*(on(n, names) for n, names in by_node.values()))
-        if any(skipped for _, skipped in replies):
-            # Some slots are moving: read what could be read, and reload the
-            # topology so the next read goes to their new nodes.
-            with contextlib.suppress(Exception):
-                await client.nodes_manager.initialize()
-        return [entry for entries, _ in replies for entry in entries]
+        entries: list[Any] = []
+        todo = list(ids)
+        for attempt in range(_SKIP_TRIES):
+            if attempt:
+                # Those slots moved: reload the topology, read them on their new node.
+                with contextlib.suppress(Exception):
+                    await client.nodes_manager.initialize()
+                await anyio.sleep(_SKIP_WAIT * (attempt - 1))
+            by_node: dict[str, tuple[Any, list[str]]] = {}
+            unserved: list[str] = []
+            for name in todo:
+                node = client.get_node_from_key(name)
+                if node is None:
+                    unserved.append(name)
+                else:
+                    by_node.setdefault(node.name, (node, []))[1].append(name)
+            # Every call runs to its end before any failure is raised, so no
+            # call left running delivers entries after the caller re-reads
+            # its pending ones.
+            outcomes = await asyncio.gather(
+                *(on(n, names) for n, names in by_node.values()), return_exceptions=True
+            )
+            replies: list[Any] = []
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                replies.append(outcome)
+            entries += [entry for found, _ in replies for entry in found]
+            todo = unserved + [_text(name) for _, skipped in replies for name in skipped]
+            if not todo:
+                break
+        return entries, todo
 
     async def ready(self) -> None:
         """A cluster client must know the slots before reads go to nodes."""
@@ -318,6 +348,11 @@ class _Transient(Exception):
 #: Reads repeat a failed read the store's `retries` and this many more times:
 #: a slot move or a failover can take a few tries to settle.
 _MORE_TRIES = 3
+
+#: How many times a cluster read tries a stream whose slot is moving, and
+#: the pause (growing) between the later tries.
+_SKIP_TRIES = 4
+_SKIP_WAIT = 0.05
 
 #: Errors of a cluster whose slots are moving: the read goes on after a
 #: topology reload.
@@ -395,7 +430,9 @@ class EventConsumer:
     with `claim_after` also those another consumer of the group left
     unacknowledged for that long (a worker that died), then new events.
     `block` bounds how long one read waits for events (on a cluster, the
-    interval between polls).
+    interval between polls). On a cluster, a stream whose slot is being
+    moved cannot be read until the move ends (a moment per slot); its
+    events, pending ones included, come with a later read.
     """
 
     def __init__(
@@ -507,10 +544,13 @@ class EventConsumer:
         if self._backlog:
             backlog = self._backlog
             gone: list[tuple[str, str]] = []
-            events = await mine(backlog, block_ms=None, gone=gone)
-            seen = {e.stream for e in events} | {name for name, _ in gone}
+            skipped: list[str] = []
+            events = await mine(backlog, block_ms=None, gone=gone, skipped=skipped)
+            # A stream whose slot is moving stays in the backlog: its pending
+            # entries are read once it can be read.
+            keep = {e.stream for e in events} | {name for name, _ in gone} | set(skipped)
             for name in list(backlog):
-                if name not in seen:
+                if name not in keep:
                     del backlog[name]  # nothing (more) pending there
             for name, entry_id in gone:
                 backlog[name] = entry_id
