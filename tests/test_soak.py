@@ -55,8 +55,14 @@ async def test_web_mix_soak_is_error_free_and_flat(server: EmbeddedServer) -> No
     users = [f"soak-{i}" for i in range(10_000)]
     tokens: dict[str, list[str]] = {u: [] for u in users}
     errors: list[BaseException] = []
-    ops = 0
+    ops = created = 0
     stop = asyncio.Event()
+
+    async def create(user: str) -> str:
+        nonlocal created
+        token = (await store.create(user, ["m"], user_agent=UA)).token or ""
+        created += 1
+        return token
 
     async def worker(seed: int) -> None:
         nonlocal ops
@@ -70,9 +76,9 @@ async def test_web_mix_soak_is_error_free_and_flat(server: EmbeddedServer) -> No
                     if mine:
                         await store.resolve(rng.choice(mine))
                     else:
-                        mine.append((await store.create(user, ["m"], user_agent=UA)).token or "")
+                        mine.append(await create(user))
                 elif roll < 0.94:
-                    mine.append((await store.create(user, ["m"], user_agent=UA)).token or "")
+                    mine.append(await create(user))
                 elif roll < 0.96:
                     if mine:
                         await store.delete(user, mine.pop())
@@ -89,19 +95,35 @@ async def test_web_mix_soak_is_error_free_and_flat(server: EmbeddedServer) -> No
             except Exception as exc:
                 errors.append(exc)
 
-    samples: list[tuple[float, int, float, int]] = []  # memory and keys without the streams
+    # Per sample: server memory and keys without the streams, both per
+    # session the last interval's create rate keeps alive (throughput on a
+    # shared machine varies, and live sessions with it: a leak grows with
+    # every operation, not with the rate); client RSS and tasks.
+    samples: list[tuple[float, float, float, int]] = []
     stream_counts: list[int] = []
 
     async def sampler() -> None:
-        start = time.monotonic()
+        start = last = time.monotonic()
+        before = 0
+        baseline = (await admin.info("memory"))["used_memory"]
         while not stop.is_set():
             await asyncio.sleep(SECONDS / 8)
+            now = time.monotonic()
+            alive = max((created - before) / (now - last) * LIFETIME, 1.0)
+            before, last = created, now
             memory = (await admin.info("memory"))["used_memory"]
             streams, entries, stream_bytes = await _streams(admin)
             stream_counts.append(entries)
             keys = await admin.dbsize() - streams
-            samples.append((memory - stream_bytes, keys, _rss_mb(), len(asyncio.all_tasks())))
-            if time.monotonic() - start >= SECONDS:
+            samples.append(
+                (
+                    (memory - baseline - stream_bytes) / alive,
+                    keys / alive,
+                    _rss_mb(),
+                    len(asyncio.all_tasks()),
+                )
+            )
+            if now - start >= SECONDS:
                 stop.set()
 
     try:
@@ -112,9 +134,8 @@ async def test_web_mix_soak_is_error_free_and_flat(server: EmbeddedServer) -> No
         # with the end: nothing grows without bound.
         steady = samples[len(samples) // 2 - 1 : len(samples) // 2 + 1]
         end = samples[-2:]
-        peak_steady_mem = max(s[0] for s in steady)
-        assert max(s[0] for s in end) < peak_steady_mem * 1.5 + 2**20
-        assert max(s[1] for s in end) < max(s[1] for s in steady) * 1.5 + 100
+        assert max(s[0] for s in end) < max(s[0] for s in steady) * 1.5, samples
+        assert max(s[1] for s in end) < max(s[1] for s in steady) * 1.5, samples
         assert max(s[2] for s in end) < max(s[2] for s in steady) + 40  # MB of client RSS
         assert max(s[3] for s in end) <= max(s[3] for s in steady) + 5  # no leaked tasks
         # Every bucket's stream stays within its cap (MAXLEN ~ trims whole
