@@ -1,7 +1,7 @@
 """A bounded soak: the web mix at concurrency 200 over 10,000 users with
 lifetimes that roll over during the run, events on (the default). Zero
-errors; server memory and key count flat once sessions expire as fast as they
-are made, apart from the event streams, which grow only up to their cap; the
+errors; server memory and key count per live session flat once sessions
+expire as fast as they are made, apart from the event streams, which grow only up to their cap; the
 client's tasks, connections and memory flat too."""
 
 from __future__ import annotations
