@@ -1,12 +1,14 @@
 """Redis Cluster faults: a master killed under load fails over to its replica
 and the store keeps working without a restart (MOVED, reconnect, NOSCRIPT on
 the new master), and an event consumer goes on where it was; slots moved
-under load lose neither sessions nor events."""
+under load lose neither sessions nor events, and a consumer reads a moved
+stream on its new node, pending events included."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -201,55 +203,64 @@ class _Slot:
             await client.aclose()
 
 
-async def _moving_slot(store: SessionStore, cluster: EmbeddedCluster, user: str) -> _Slot:
-    """The slot of `user`'s keys and event stream, ready to move off its node."""
-    stream = keys.events_key(store.prefix, keys.user_digest(user)[1])
-    assert isinstance(store.client, RedisCluster)
-    node = store.client.get_node_from_key(stream)
-    assert node is not None
-    return _Slot(cluster, key_slot(stream.encode()), int(node.port))
+class _Moves:
+    """A private cluster, a store on it, and slots to move under it."""
+
+    def __init__(self, cluster: EmbeddedCluster) -> None:
+        self.cluster = cluster
+        self.store = SessionStore.from_url(cluster.url)
+        self.slots: list[_Slot] = []
+
+    def slot_of(self, user: str) -> _Slot:
+        """The slot of `user`'s keys and event stream, ready to move off its node."""
+        stream = keys.events_key(self.store.prefix, keys.user_digest(user)[1])
+        assert isinstance(self.store.client, RedisCluster)
+        node = self.store.client.get_node_from_key(stream)
+        assert node is not None
+        self.slots.append(_Slot(self.cluster, key_slot(stream.encode()), int(node.port)))
+        return self.slots[-1]
 
 
-async def test_a_read_right_after_a_slot_moved_finds_its_stream_on_the_new_node() -> None:
+@pytest.fixture
+async def moves() -> AsyncIterator[_Moves]:
     async with EmbeddedCluster() as cluster:
-        store = SessionStore.from_url(cluster.url)
-        slot: _Slot | None = None
+        m = _Moves(cluster)
         try:
-            reader = EventConsumer(store, group="g", consumer="c", block=0.05)
-            assert await reader.read() == []
-            made = await store.create("alice")
-            slot = await _moving_slot(store, cluster, "alice")
-            await slot.start()
-            await slot.finish()
-            # The client still sends the read to the old node: the event is
-            # found after a topology reload within the same read, not missed
-            # by an empty answer.
-            assert [e.session_ids for e in await reader.read()] == [(made.id,)]
+            yield m
         finally:
-            if slot is not None:
+            for slot in m.slots:
                 await slot.aclose()
-            await store.aclose()
+            await m.store.aclose()
 
 
-async def test_pending_events_of_a_stream_caught_mid_move_are_delivered_after_the_move() -> None:
-    async with EmbeddedCluster() as cluster:
-        store = SessionStore.from_url(cluster.url)
-        slot: _Slot | None = None
-        try:
-            first = EventConsumer(store, group="g", consumer="c", block=0.05)
-            await first.setup()
-            made = await store.create("alice")
-            assert len(await first.read()) == 1  # delivered; the worker dies before its ack
-            slot = await _moving_slot(store, cluster, "alice")
-            await slot.start()
-            again = EventConsumer(store, group="g", consumer="c", block=0.05)
-            assert await again.read() == []  # no node serves the stream mid-move
-            await slot.finish()
-            # The restarted consumer still owes its pending event: it reads it
-            # once the stream can be read, though the first try skipped it.
-            assert [e.session_ids for e in await again.read()] == [(made.id,)]
-            assert await again.read() == []
-        finally:
-            if slot is not None:
-                await slot.aclose()
-            await store.aclose()
+async def test_a_read_right_after_a_slot_moved_finds_its_stream_on_the_new_node(
+    moves: _Moves,
+) -> None:
+    reader = EventConsumer(moves.store, group="g", consumer="c", block=0.05)
+    assert await reader.read() == []
+    made = await moves.store.create("alice")
+    slot = moves.slot_of("alice")
+    await slot.start()
+    await slot.finish()
+    # The client still sends the read to the old node: the event is found
+    # after a topology reload within the same read, not missed by an empty
+    # answer.
+    assert [e.session_ids for e in await reader.read()] == [(made.id,)]
+
+
+async def test_pending_events_of_a_stream_caught_mid_move_are_delivered_after_the_move(
+    moves: _Moves,
+) -> None:
+    first = EventConsumer(moves.store, group="g", consumer="c", block=0.05)
+    await first.setup()
+    made = await moves.store.create("alice")
+    assert len(await first.read()) == 1  # delivered; the worker dies before its ack
+    slot = moves.slot_of("alice")
+    await slot.start()
+    again = EventConsumer(moves.store, group="g", consumer="c", block=0.05)
+    assert await again.read() == []  # no node serves the stream mid-move
+    await slot.finish()
+    # The restarted consumer still owes its pending event: it reads it once
+    # the stream can be read, though its first re-read had to skip it.
+    assert [e.session_ids for e in await again.read()] == [(made.id,)]
+    assert await again.read() == []
