@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from sessionkit import SessionStore
+from sessionkit import SessionStore, keys
 from sessionkit.events import Event, EventConsumer
 from sessionkit.server import EmbeddedCluster, EmbeddedServer
 from sessionkit.store import Client
@@ -157,6 +157,11 @@ def _collect_garbage_in_the_test_that_made_it() -> Iterator[None]:
     """Objects a test leaks are collected (and warned about) in that test."""
     yield
     gc.collect()
+
+
+def stream_of(prefix: str, user_id: str) -> str:
+    """The event stream a user's changes go to."""
+    return keys.events_key(prefix, keys.user_digest(user_id)[1])
 
 
 async def drain(consumer: EventConsumer, *, ack: bool = True) -> list[Event]:

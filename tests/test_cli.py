@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sessionkit import SessionStore, keys
+from sessionkit import SessionStore
 from sessionkit.server import free_port
+from tests.conftest import stream_of
 
 REAL = [
     pytest.param("server", marks=pytest.mark.server),
@@ -156,8 +157,7 @@ async def test_events_tail_as_a_group_consumer_resumes_where_it_stopped(
     )  # fmt: skip
     try:
         # The consumer makes its group on every stream when it starts.
-        _, bucket = keys.user_digest("grouped")
-        stream = keys.events_key(prefix, bucket)
+        stream = stream_of(prefix, "grouped")
         deadline = time.monotonic() + 30
         while not await _has_group(store, stream, "ops"):
             assert time.monotonic() < deadline and proc.returncode is None

@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from sessionkit import BackendError, BackendUnavailable, Session, SessionStore, keys
+from sessionkit import BackendError, BackendUnavailable, Session, SessionStore
 from sessionkit.events import Event, EventConsumer
 from sessionkit.server import EmbeddedCluster
-from tests.conftest import drain
+from tests.conftest import drain, stream_of
 
 pytestmark = [
     pytest.mark.cluster,
@@ -213,7 +213,7 @@ class _Moves:
 
     def slot_of(self, user: str) -> _Slot:
         """The slot of `user`'s keys and event stream, ready to move off its node."""
-        stream = keys.events_key(self.store.prefix, keys.user_digest(user)[1])
+        stream = stream_of(self.store.prefix, user)
         assert isinstance(self.store.client, RedisCluster)
         node = self.store.client.get_node_from_key(stream)
         assert node is not None

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from sessionkit import SessionStore, ValidationError, keys
 from sessionkit.events import EVENT_TYPES, Event, EventConsumer, tail
-from tests.conftest import Backend, StoreFactory, drain
+from tests.conftest import Backend, StoreFactory, drain, stream_of
 
 Seen = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 
@@ -117,8 +117,8 @@ async def test_each_stream_is_capped(
     store = make_store(events_maxlen=10)
     for _ in range(300):
         await store.create("frank")
-    _, bucket = keys.user_digest("frank")
-    length = await backend.client.xlen(keys.events_key(prefix, bucket))
+    stream = stream_of(prefix, "frank")
+    length = await backend.client.xlen(stream)
     # MAXLEN ~ trims whole stream nodes (100 entries by default), never below the cap.
     assert 10 <= length <= 10 + 100
 
@@ -236,8 +236,8 @@ async def test_a_pending_event_trimmed_away_is_let_go(
     await reader.setup()
     await store.create("judy")
     assert len(await drain(reader, ack=False)) == 1
-    _, bucket = keys.user_digest("judy")
-    await backend.client.xtrim(keys.events_key(prefix, bucket), maxlen=0)
+    stream = stream_of(prefix, "judy")
+    await backend.client.xtrim(stream, maxlen=0)
     later = await store.create("judy")
     again = consumer(store)
     assert [e.session_ids for e in await drain(again)] == [(later.id,)]
@@ -250,8 +250,8 @@ async def test_a_deleted_stream_is_read_again_from_its_start(
     store = make_store()
     reader = consumer(store)
     await reader.setup()
-    _, bucket = keys.user_digest("kim")
-    await backend.client.delete(keys.events_key(prefix, bucket))  # FLUSHALL, a lost shard
+    stream = stream_of(prefix, "kim")
+    await backend.client.delete(stream)  # FLUSHALL, a lost shard
     s = await store.create("kim")
     assert [e.session_ids for e in await drain(reader)] == [(s.id,)]
 
@@ -352,12 +352,12 @@ async def test_status_tells_pending_undelivered_and_events_lost_to_the_cap(
     capped = make_store(events_maxlen=1)
     for _ in range(250):
         await capped.create("ann")
-    _, bucket = keys.user_digest("ann")
+    stream = stream_of(prefix, "ann")
     behind = await reader.status()
-    assert behind.lost_streams == (keys.events_key(prefix, bucket),)
+    assert behind.lost_streams == (stream,)
     assert behind.lost is not None and behind.undelivered is not None
     assert behind.lost > 0 and behind.lost + behind.undelivered == 1 + 250
-    left = await capped.client.xlen(keys.events_key(prefix, bucket))
+    left = await capped.client.xlen(stream)
     assert behind.undelivered == left  # all that is left came after the group's last read
 
     await reader.ack(*first)

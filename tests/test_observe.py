@@ -154,8 +154,20 @@ sys.meta_path.insert(0, Blocker())
 """
 
 
+def _without_observability(code: str) -> str:
+    """What `code` prints, run in a fresh interpreter where prometheus_client
+    and opentelemetry cannot be imported (and asking for them is noted)."""
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _BLOCKER + code],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
 def test_nothing_is_imported_when_metrics_and_tracing_are_off(server_url: str) -> None:
-    code = _BLOCKER + (
+    out = _without_observability(
         "import asyncio, redis.asyncio as r\n"
         "import sessionkit, sessionkit.nodes, sessionkit.flow, sessionkit.events\n"
         "import sessionkit.web, sessionkit.cli\n"
@@ -166,14 +178,11 @@ def test_nothing_is_imported_when_metrics_and_tracing_are_off(server_url: str) -
         "asyncio.run(main())\n"
         "print(Blocker.asked)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
+    assert out.strip() == "[]"
 
 
 def test_asking_for_metrics_without_the_package_says_what_to_install() -> None:
-    code = _BLOCKER + (
+    out = _without_observability(
         "import redis.asyncio as r, sessionkit\n"
         "for option in ('metrics', 'tracing'):\n"
         "    try:\n"
@@ -181,10 +190,7 @@ def test_asking_for_metrics_without_the_package_says_what_to_install() -> None:
         "    except sessionkit.ValidationError as exc:\n"
         "        print(exc.message)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.splitlines() == [
+    assert out.splitlines() == [
         "metrics needs prometheus-client: pip install 'sessionkit[metrics]'",
         "tracing needs opentelemetry-api: pip install 'sessionkit[otel]'",
     ]
