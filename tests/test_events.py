@@ -5,6 +5,8 @@ across restarts. On the real server, the real cluster and fakeredis."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -283,6 +285,81 @@ async def test_tail_follows_changes_from_now(make_store: StoreFactory) -> None:
         ("all_deleted", "new"),
     ]
     assert got[0].session_ids == (s.id,)
+
+
+async def test_tail_from_now_starts_after_the_last_entry_not_at_the_clock(
+    make_store: StoreFactory, prefix: str
+) -> None:
+    """Now is each stream's last entry: neither an event written in the
+    same millisecond just before the start, nor one whose id runs ahead of
+    the server clock (a failover to a node whose clock is behind: ids never
+    go back), is "from now"."""
+    store = make_store()
+    before = await store.create("before")
+    name = stream_of(prefix, "before")
+    client: Any = store.client
+    [(last, _)] = await client.xrevrange(name, count=1)
+    ms, n = map(int, last.decode().split("-"))
+    ahead = {"type": "created", "user": "before", "sessions": before.id, "groups": "[]"}
+    await client.xadd(name, ahead, id=f"{ms + 60_000}-{n + 1}")
+    for _ in range(3):
+        stream = tail(store, block=0.05)
+        first = asyncio.ensure_future(anext(stream))  # takes its start at once
+        deadline = time.monotonic() + 10
+        while not first.done() and time.monotonic() < deadline:
+            await store.create("before")  # until the tail, started, sees one
+            await asyncio.sleep(0.01)
+        event = await first
+        await stream.aclose()
+        assert event.user_id == "before" and event.at > datetime.now(UTC)
+        assert event.session_ids != (before.id,)
+
+
+def neighbours(n: int) -> list[str]:
+    """`n` user ids whose events share one stream (one hash-tag bucket)."""
+    by_bucket: dict[int, list[str]] = {}
+    for i in itertools.count():
+        user = f"user{i}"
+        found = by_bucket.setdefault(keys.user_digest(user)[1], [])
+        found.append(user)
+        if len(found) == n:
+            return found
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("start", ["new", "all"])
+async def test_status_counts_exactly_what_a_neighbours_flood_trimmed_before_a_group_read(
+    make_store: StoreFactory, prefix: str, start: str
+) -> None:
+    """A user in the same bucket signs in and out in a loop and pushes a
+    lagging group's events out of the capped stream: the group has not read
+    yet, and status() says exactly how many it lost."""
+    victim, flooder = neighbours(2)
+    store = make_store(events_maxlen=50)
+    stream = stream_of(prefix, victim)
+    await store.create(flooder)  # the stream holds an entry before the group exists
+    reader = consumer(store, start=start)
+    await reader.setup()
+    await store.create(victim, ["g"])
+    await store.remove_groups(victim, "g")
+    for _ in range(150):
+        await store.delete_all(flooder)
+        await store.create(flooder)
+    written = (3 if start == "all" else 2) + 2 * 150  # the entries the group may read
+    held = await store.client.xlen(stream)
+    assert held < written  # the cap trimmed some of them
+
+    status = await reader.status()
+    assert (status.lost, status.undelivered, status.lost_streams) == (
+        written - held,
+        held,
+        (stream,),
+    )
+    delivered = await drain(reader)
+    assert len(delivered) == held
+    assert victim not in {e.user_id for e in delivered}  # the lost ones never come
+    after = await reader.status()
+    assert (after.lost, after.undelivered, after.lost_streams) == (0, 0, ())
 
 
 async def test_a_store_made_from_a_url_feeds_a_consumer(server_url: str, prefix: str) -> None:

@@ -110,12 +110,48 @@ end
 --   user      the user id
 --   sessions  the ids of the sessions changed, space-separated (never tokens)
 --   groups    the access groups concerned, a JSON array ('[]' if none)
--- The entry id carries the time. maxlen '0' means events are off; a change
--- that touched no session writes nothing.
+-- An entry id is "<ms>-<n>": the server time and the entry's number in its
+-- stream (1, 2, 3, ... with no gaps), so a consumer group's position tells
+-- exactly how many entries came after it, trimmed or not, on every server.
+-- One entry is at most EVENT_BYTES: a change to more sessions than fit
+-- writes several entries of the same type, in order, that together name
+-- each session once. maxlen '0' means events are off; a change that touched
+-- no session writes nothing.
+local EVENT_BYTES = 65536
+local ENTRY_OVERHEAD = 64  -- field names, their lengths, the type
+
+-- The stream's last entry id as {ms, n}; {0, 0} for a stream never written.
+local function last_event_id(stream)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  local id = last and last[1]
+  if not id then
+    if redis.call('EXISTS', stream) == 0 then
+      return 0, 0
+    end
+    local info = redis.call('XINFO', 'STREAM', stream)  -- emptied by hand
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        id = info[i + 1]
+      end
+    end
+  end
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+
 local function emit(stream, maxlen, kind, user, ids, groups_json)
   if maxlen == '0' or #ids == 0 then
     return
   end
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', kind, 'user', user,
-    'sessions', table.concat(ids, ' '), 'groups', groups_json)
+  local last_ms, n = last_event_id(stream)
+  local ms = math.max(now_ms(), last_ms)
+  local room = EVENT_BYTES - ENTRY_OVERHEAD - #kind - #user - #groups_json
+  local per_entry = math.max(1, math.floor((room + 1) / (#ids[1] + 1)))
+  for from = 1, #ids, per_entry do
+    n = n + 1
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, string.format('%d-%d', ms, n),
+      'type', kind, 'user', user,
+      'sessions', table.concat(ids, ' ', from, math.min(from + per_entry - 1, #ids)),
+      'groups', groups_json)
+  end
 end
