@@ -22,13 +22,31 @@ BUCKETS: Final = 1024
 #: Events each bucket's stream keeps, about (``XADD MAXLEN ~``): in all, up to
 #: about BUCKETS * EVENTS_MAXLEN events wait for consumers.
 EVENTS_MAXLEN: Final = 1000
+MAX_EVENTS_MAXLEN: Final = 1_000_000
 
 #: Largest user id, in UTF-8 bytes.
 MAX_USER_ID_BYTES: Final = 1024
 
-#: Largest access group key, in UTF-8 bytes; most access groups in one call.
+#: Sessions one user may have by default, and the range of
+#: `max_sessions_per_user`: a create at the cap evicts the user's oldest.
+#: The hard maximum bounds what one user's list, group change or delete_all
+#: costs every other user of the server (see the README's Guarantees).
+MAX_SESSIONS_PER_USER: Final = 100
+MAX_SESSIONS_PER_USER_LIMIT: Final = 10_000
+
+#: Largest access group key, in UTF-8 bytes; most access groups on one
+#: session, and in one call.
 MAX_GROUP_BYTES: Final = 256
-MAX_GROUPS: Final = 1000
+MAX_GROUPS_PER_SESSION: Final = 256
+MAX_GROUPS: Final = 256
+
+#: Largest set of access groups in one call, JSON-encoded: the groups travel
+#: in the call's event, whose entries are at most EVENT_BYTES.
+MAX_GROUPS_JSON_BYTES: Final = 32 * 1024
+
+#: Largest event stream entry; a change to more sessions than fit in one
+#: writes several (see ``lua/_lib.lua``).
+EVENT_BYTES: Final = 64 * 1024
 
 #: Largest `data` map, JSON-encoded.
 MAX_DATA_BYTES: Final = 64 * 1024

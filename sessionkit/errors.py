@@ -50,6 +50,14 @@ class ValidationError(SessionKitError, ValueError):
     origin = "client"
 
 
+class LimitExceeded(ValidationError):
+    """The call would go past one of sessionkit's caps; nothing was changed.
+    `details` names the limit (``"groups_per_session"``, ``"groups_per_call"``,
+    ``"group_bytes_per_call"``) and its ``maximum``."""
+
+    code = "limit_exceeded"
+
+
 class BackendUnavailable(SessionKitError):
     """The server could not be reached or did not answer in time."""
 

@@ -10,7 +10,9 @@ can shape another user's key names:
 * ``<prefix>:{<tag>}:s:<session id>``  the session (a string value); the
   session id is the bucket and a digest of the token
 * ``<prefix>:{<tag>}:u:<user digest>`` the user's index (a sorted set of
-  session ids scored by expiry)
+  session ids scored by expiry: what is live)
+* ``<prefix>:{<tag>}:c:<user digest>`` the user's order (the same ids scored
+  by creation time: whom a create at the cap evicts)
 * ``<prefix>:{<tag>}:events``          the bucket's event stream (see
   `sessionkit.events`): written by the same script as the change it reports,
   so it must share the users' slot
@@ -109,6 +111,10 @@ def session_key(prefix: str, bucket: int, sid: str) -> str:
 
 def index_key(prefix: str, bucket: int, digest: str) -> str:
     return f"{user_prefix(prefix, bucket)}u:{digest}"
+
+
+def order_key(prefix: str, bucket: int, digest: str) -> str:
+    return f"{user_prefix(prefix, bucket)}c:{digest}"
 
 
 def events_key(prefix: str, bucket: int) -> str:

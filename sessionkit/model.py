@@ -16,9 +16,8 @@ from typing import Any
 
 import msgspec
 
+from sessionkit.errors import BackendError
 from sessionkit.useragent import UserAgent, parse_user_agent
-
-_HEADER = 64
 
 
 class Session(
@@ -73,6 +72,11 @@ def encode_body(user_id: str, user_agent: str | None, data: dict[str, Any]) -> b
     return _body_encoder.encode(_Body(u=user_id, a=user_agent, d=data))
 
 
+#: The stored layout's version, the value's first byte (see ``lua/_lib.lua``).
+LAYOUT = 1
+_HEADER = 68
+
+
 def _time(raw: bytes, start: int, digits: int = 13) -> datetime:
     # Exact: a double holds these values to well under a microsecond.
     return datetime.fromtimestamp(int(raw[start : start + digits]) / _SCALE[digits], UTC)
@@ -82,22 +86,22 @@ _SCALE = {13: 1e3, 16: 1e6}
 
 
 def decode_session(raw: bytes | str, sid: str, token: str | None, idle_timeout_ms: int) -> Session:
-    """Build a `Session` from its stored value."""
+    """Build a `Session` from its stored value (the scripts return only
+    values of this layout)."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
-    created, expires, last = _time(raw, 0, 16), _time(raw, 16), _time(raw, 29)
+    if raw[0] != LAYOUT:
+        raise BackendError(
+            f"a stored session of layout {raw[0]}; this sessionkit reads layout {LAYOUT}",
+            details={"layout": raw[0]},
+        )
+    created, expires, last = _time(raw, 1, 16), _time(raw, 17), _time(raw, 30)
     if idle_timeout_ms:
         expires = min(expires, last + timedelta(milliseconds=idle_timeout_ms))
     colon = raw.index(b":", _HEADER)
     body_end = colon + 1 + int(raw[_HEADER:colon])
     body = _body_decoder.decode(raw[colon + 1 : body_end])
-    groups: set[str] = set()
-    i = body_end
-    while i < len(raw):
-        c = raw.index(b":", i)
-        n = int(raw[i:c])
-        groups.add(raw[c + 1 : c + 1 + n].decode("utf-8"))
-        i = c + 1 + n
+    groups = raw[body_end + 1 : -1].decode("utf-8").split("\0") if len(raw) > body_end + 1 else []
     return Session(
         id=sid,
         user_id=body.u,

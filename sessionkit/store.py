@@ -24,12 +24,15 @@ from sessionkit import keys, validate
 from sessionkit.defaults import (
     EVENTS_MAXLEN,
     LIFETIME,
+    MAX_EVENTS_MAXLEN,
+    MAX_GROUPS_PER_SESSION,
+    MAX_SESSIONS_PER_USER,
     POOL_SIZE,
     POOL_TIMEOUT,
     PREFIX,
     TOUCH_INTERVAL,
 )
-from sessionkit.errors import BackendError, BackendUnavailable, ValidationError
+from sessionkit.errors import BackendError, BackendUnavailable, LimitExceeded, ValidationError
 from sessionkit.model import Session, decode_session, encode_body
 from sessionkit.observe import Observer
 from sessionkit.pipeline import Pipeliner
@@ -114,7 +117,7 @@ class SessionStore:
         prefix: str = PREFIX,
         lifetime: Duration = LIFETIME,
         idle_timeout: Duration | None = None,
-        max_sessions_per_user: int | None = None,
+        max_sessions_per_user: int = MAX_SESSIONS_PER_USER,
         touch_interval: Duration = TOUCH_INTERVAL,
         pipelining: bool = True,
         retries: int = 2,
@@ -133,9 +136,7 @@ class SessionStore:
         self.prefix = validate.prefix(prefix)
         self.lifetime_ms = validate.duration_ms(lifetime, "lifetime")
         self.idle_timeout_ms = validate.duration_ms(idle_timeout, "idle_timeout", optional=True)
-        self.max_sessions_per_user = validate.positive_int(
-            max_sessions_per_user, "max_sessions_per_user"
-        )
+        self.max_sessions_per_user = validate.max_sessions_per_user(max_sessions_per_user)
         self.touch_interval_ms = validate.duration_ms(touch_interval, "touch_interval")
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
             raise ValidationError(
@@ -148,13 +149,14 @@ class SessionStore:
                 f"events must be True or False, got {events!r}", details={"parameter": "events"}
             )
         self.events = events
-        maxlen = validate.positive_int(events_maxlen, "events_maxlen")
-        if maxlen is None:
+        if events_maxlen is None:
             raise ValidationError(
                 "events_maxlen must be a positive int (turn events off with events=False)",
                 details={"parameter": "events_maxlen"},
             )
-        self.events_maxlen = maxlen
+        self.events_maxlen = validate.int_in_range(
+            events_maxlen, "events_maxlen", 1, MAX_EVENTS_MAXLEN
+        )
         self._observer = Observer.make(metrics, tracing)
         self.metrics = self._observer.metrics if self._observer else None
         self._owns_client = False
@@ -292,6 +294,7 @@ class SessionStore:
         key_names = (
             keys.session_key(self.prefix, bucket, sid),
             keys.index_key(self.prefix, bucket, digest),
+            keys.order_key(self.prefix, bucket, digest),
             keys.user_prefix(self.prefix, bucket),
             keys.events_key(self.prefix, bucket),
         )
@@ -343,7 +346,11 @@ class SessionStore:
         digest, bucket = keys.user_digest(uid)
         reply = await self._run(
             Scripts.list,
-            (keys.index_key(self.prefix, bucket, digest), keys.user_prefix(self.prefix, bucket)),
+            (
+                keys.index_key(self.prefix, bucket, digest),
+                keys.order_key(self.prefix, bucket, digest),
+                keys.user_prefix(self.prefix, bucket),
+            ),
             (),
         )
         sessions = [
@@ -378,6 +385,7 @@ class SessionStore:
             (
                 keys.session_key(self.prefix, bucket, sid),
                 keys.index_key(self.prefix, bucket, digest),
+                keys.order_key(self.prefix, bucket, digest),
                 keys.events_key(self.prefix, bucket),
             ),
             (digest, sid, *self._event_args(uid)),
@@ -404,6 +412,7 @@ class SessionStore:
             Scripts.delete_all,
             (
                 keys.index_key(self.prefix, bucket, digest),
+                keys.order_key(self.prefix, bucket, digest),
                 keys.user_prefix(self.prefix, bucket),
                 keys.events_key(self.prefix, bucket),
             ),
@@ -435,12 +444,20 @@ class SessionStore:
             Scripts.groups,
             (
                 keys.index_key(self.prefix, bucket, digest),
+                keys.order_key(self.prefix, bucket, digest),
                 keys.user_prefix(self.prefix, bucket),
                 keys.events_key(self.prefix, bucket),
             ),
-            (mode, *self._event_args(uid, wanted), *wanted),
+            (mode, MAX_GROUPS_PER_SESSION, *self._event_args(uid, wanted), *wanted),
         )
-        return int(reply[0])
+        changed = int(reply[0])
+        if changed < 0:
+            raise LimitExceeded(
+                f"adding these access groups would give a session of this user more than "
+                f"{MAX_GROUPS_PER_SESSION}; no session was changed",
+                details={"limit": "groups_per_session", "maximum": MAX_GROUPS_PER_SESSION},
+            )
+        return changed
 
     def _event_args(self, uid: str, groups: tuple[str, ...] | None = None) -> tuple[Any, ...]:
         """The scripts' event arguments: the stream cap (0: no events), the

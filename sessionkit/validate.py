@@ -14,11 +14,13 @@ from sessionkit.defaults import (
     MAX_DATA_BYTES,
     MAX_GROUP_BYTES,
     MAX_GROUPS,
+    MAX_GROUPS_JSON_BYTES,
+    MAX_SESSIONS_PER_USER_LIMIT,
     MAX_PREFIX_CHARS,
     MAX_USER_AGENT_CHARS,
     MAX_USER_ID_BYTES,
 )
-from sessionkit.errors import ValidationError
+from sessionkit.errors import LimitExceeded, ValidationError
 
 
 def _utf8(value: str, what: str) -> bytes:
@@ -61,7 +63,7 @@ def groups(value: object, what: str = "groups") -> tuple[str, ...]:
         )
     else:
         items = value
-    out: list[str] = []
+    out: dict[str, None] = {}
     for g in items:
         if not isinstance(g, str):
             raise ValidationError(
@@ -72,18 +74,35 @@ def groups(value: object, what: str = "groups") -> tuple[str, ...]:
             raise ValidationError(
                 f"{what} holds an empty access group key", details={"parameter": what}
             )
+        if "\0" in g:
+            raise ValidationError(
+                f"an access group key in {what} holds a NUL character",
+                details={"parameter": what},
+            )
         if len(_utf8(g, what)) > MAX_GROUP_BYTES:
             raise ValidationError(
                 f"an access group key in {what} is over {MAX_GROUP_BYTES} bytes",
                 details={"parameter": what},
             )
-        out.append(g)
+        out[g] = None
         if len(out) > MAX_GROUPS:
-            raise ValidationError(
-                f"{what} holds more than {MAX_GROUPS} access group keys",
-                details={"parameter": what},
+            raise LimitExceeded(
+                f"{what} holds more than {MAX_GROUPS} distinct access group keys",
+                details={"parameter": what, "limit": "groups_per_call", "maximum": MAX_GROUPS},
             )
-    return tuple(dict.fromkeys(out))
+    distinct = tuple(out)
+    size = len(msgspec.json.encode(distinct))
+    if size > MAX_GROUPS_JSON_BYTES:
+        raise LimitExceeded(
+            f"the access group keys in {what} are {size} bytes as JSON; at most "
+            f"{MAX_GROUPS_JSON_BYTES} are allowed in one call",
+            details={
+                "parameter": what,
+                "limit": "group_bytes_per_call",
+                "maximum": MAX_GROUPS_JSON_BYTES,
+            },
+        )
+    return distinct
 
 
 _MAX_DEPTH = 64
@@ -181,15 +200,20 @@ def duration_ms(value: object, what: str, *, optional: bool = False) -> int:
     return ms
 
 
-def positive_int(value: object, what: str) -> int:
-    """A positive int, or 0 for None (no limit)."""
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def int_in_range(value: object, what: str, low: int, high: int) -> int:
+    """An int from `low` to `high`; anything else (None, a bool, a float) is
+    refused with the range in the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValidationError(
-            f"{what} must be a positive int or None, got {value!r}", details={"parameter": what}
+            f"{what} must be an int from {low:,} to {high:,}, got {value!r}",
+            details={"parameter": what, "minimum": low, "maximum": high},
         )
     return value
+
+
+def max_sessions_per_user(value: object) -> int:
+    """The per-user session cap: 1 to MAX_SESSIONS_PER_USER_LIMIT."""
+    return int_in_range(value, "max_sessions_per_user", 1, MAX_SESSIONS_PER_USER_LIMIT)
 
 
 def prefix(value: object) -> str:

@@ -426,7 +426,7 @@ async def test_status_tells_pending_undelivered_and_events_lost_to_the_cap(
     assert status.lost_streams == ()
 
     # The group falls far behind a small cap: the oldest events are trimmed.
-    capped = make_store(events_maxlen=1)
+    capped = make_store(events_maxlen=1, max_sessions_per_user=1000)  # no evictions
     for _ in range(250):
         await capped.create("ann")
     stream = stream_of(prefix, "ann")

@@ -2,18 +2,31 @@
 -- before loading it, so each script stays one static source on the server.
 --
 -- Stored session value (a Redis string, offsets 1-based):
---   [1..16]   creation time, microseconds since epoch, 16 digits (it orders
+--   [1]       layout version, "\1"; a value of another version is never
+--             read as a session nor rewritten (a later layout is recognised,
+--             never misread)
+--   [2..17]   creation time, microseconds since epoch, 16 digits (it orders
 --             a user's sessions, so it must tell apart two in one millisecond)
---   [17..29]  absolute expiry, ms since epoch, 13 digits
---   [30..42]  last-active time, ms, 13 digits (rewritten in place by SETRANGE)
---   [43..64]  the user's digest, 22 characters
+--   [18..30]  absolute expiry, ms since epoch, 13 digits
+--   [31..43]  last-active time, ms, 13 digits (rewritten in place by SETRANGE)
+--   [44..65]  the user's digest, 22 characters
+--   [66..68]  how many access groups the session has, 3 digits
 --   then "<n>:" and n bytes of opaque JSON (user id, user agent, data),
---   then the access groups, each "<n>:" and n bytes.
+--   then the access groups: "\0", then each group followed by "\0" (groups
+--   never hold NUL), so one plain search tells whether a session has one.
 -- Fixed widths let scripts read and touch a session without decoding it.
+--
+-- Per user, two sorted sets of the same session ids: the index, scored by
+-- expiry (what is live; pruned by score), and the order, scored by creation
+-- time (whom a create at the cap evicts: the oldest, found without reading
+-- every session). Every script that adds or removes a session changes both.
 
-local HEADER = 64
-local EXPIRES_AT, LAST_ACTIVE_AT = 17, 30
-local DIGEST_FROM, DIGEST_TO = 43, 64
+local LAYOUT = '\1'
+local HEADER = 68
+local EXPIRES_AT, LAST_ACTIVE_AT = 18, 31
+local DIGEST_FROM, DIGEST_TO = 44, 65
+local GROUP_COUNT = 66
+local BATCH = 1000  -- keys per MGET / DEL / ZREM: bounds Lua's stack
 
 -- Server time as {ms, µs}.
 local function clock()
@@ -34,69 +47,108 @@ local function field_ms(v, from)
   return tonumber(string.sub(v, from, from + 12))
 end
 
-local function created_us(v)
-  return tonumber(string.sub(v, 1, 16))
+local function ours(v)
+  return string.sub(v, 1, 1) == LAYOUT
 end
 
 local function owner(v)
   return string.sub(v, DIGEST_FROM, DIGEST_TO)
 end
 
--- Splits a value into its fixed part (header and body) and its groups.
-local function split_groups(v)
+local function group_count(v)
+  return tonumber(string.sub(v, GROUP_COUNT, GROUP_COUNT + 2))
+end
+
+-- Where the groups start (their leading NUL).
+local function groups_at(v)
   local colon = string.find(v, ':', HEADER + 1, true)
-  local body_len = tonumber(string.sub(v, HEADER + 1, colon - 1))
-  local groups_from = colon + body_len + 1
-  local groups = {}
-  local i = groups_from
-  while i <= #v do
-    local c = string.find(v, ':', i, true)
-    local n = tonumber(string.sub(v, i, c - 1))
-    groups[#groups + 1] = string.sub(v, c + 1, c + n)
-    i = c + n + 1
-  end
-  return string.sub(v, 1, groups_from - 1), groups
+  return colon + tonumber(string.sub(v, HEADER + 1, colon - 1)) + 1
 end
 
+-- The groups part of a new value ("\0" then each group and "\0").
 local function join_groups(groups)
-  local parts = {}
-  for i, g in ipairs(groups) do
-    parts[i] = #g .. ':' .. g
+  if #groups == 0 then
+    return '\0'
   end
-  return table.concat(parts)
+  return '\0' .. table.concat(groups, '\0') .. '\0'
 end
 
--- Drops index members whose session has expired (their score is the
--- session's expiry).
-local function prune(index, now)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+-- The value with its group count set to n.
+local function with_count(v, n)
+  return string.sub(v, 1, GROUP_COUNT - 1) .. string.format('%03d', n)
+    .. string.sub(v, GROUP_COUNT + 3)
 end
 
--- The index lives exactly as long as its longest-lived session.
-local function refresh_index_ttl(index)
+-- Calls a command on many arguments, BATCH at a time; the sum of the replies.
+local function batched(command, key, items)
+  local total = 0
+  for i = 1, #items, BATCH do
+    local last = math.min(i + BATCH - 1, #items)
+    if key then
+      total = total + redis.call(command, key, unpack(items, i, last))
+    else
+      total = total + redis.call(command, unpack(items, i, last))
+    end
+  end
+  return total
+end
+
+-- Drops index and order members whose session has expired (the index's
+-- score is the session's expiry).
+local function prune(index, order, now)
+  local dead = redis.call('ZRANGEBYSCORE', index, '-inf', now)
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+    batched('ZREM', order, dead)
+  end
+end
+
+-- Both sets live exactly as long as the user's longest-lived session.
+local function refresh_ttl(index, order)
   local top = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
   if top[2] then
     redis.call('PEXPIREAT', index, top[2])
+    redis.call('PEXPIREAT', order, top[2])
   end
 end
 
--- Live members of the index, with their values; members whose key is
--- gone (deleted behind our back) are removed from the index.
-local function live_sessions(index, key_prefix)
+-- Takes sessions out of both sets.
+local function unindex(index, order, ids)
+  batched('ZREM', index, ids)
+  batched('ZREM', order, ids)
+end
+
+-- The session keys of ids.
+local function session_keys(key_prefix, ids, from, to)
+  local out = {}
+  for i = from or 1, to or #ids do
+    out[#out + 1] = key_prefix .. 's:' .. ids[i]
+  end
+  return out
+end
+
+-- Live sessions of the index (after prune), with their values, BATCH keys
+-- per MGET; members whose key is gone (deleted behind our back) leave both
+-- sets. Values of another layout are left alone and not returned.
+local function live_sessions(index, order, key_prefix)
   local members = redis.call('ZRANGE', index, 0, -1)
-  local ids, values, stale = {}, {}, false
-  for _, id in ipairs(members) do
-    local v = redis.call('GET', key_prefix .. 's:' .. id)
-    if v then
-      ids[#ids + 1] = id
-      values[#values + 1] = v
-    else
-      redis.call('ZREM', index, id)
-      stale = true
+  local ids, values, stale = {}, {}, {}
+  for i = 1, #members, BATCH do
+    local last = math.min(i + BATCH - 1, #members)
+    local got = redis.call('MGET', unpack(session_keys(key_prefix, members, i, last)))
+    for j = 1, #got do
+      local v = got[j]
+      if not v then
+        stale[#stale + 1] = members[i + j - 1]
+      elseif ours(v) then
+        ids[#ids + 1] = members[i + j - 1]
+        values[#values + 1] = v
+      end
     end
   end
-  if stale then
-    refresh_index_ttl(index)
+  if #stale > 0 then
+    unindex(index, order, stale)
+    refresh_ttl(index, order)
   end
   return ids, values
 end

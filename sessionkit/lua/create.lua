@@ -1,56 +1,41 @@
--- Creates one session and indexes it under its user; evicts the oldest
--- sessions first when the user is at max_sessions_per_user.
--- KEYS[1] session key   KEYS[2] the user's index key
--- KEYS[3] the user's key prefix ("<prefix>:{<tag>}:"): evicted sessions'
+-- Creates one session and indexes it under its user; at the user's cap,
+-- first evicts the oldest sessions (by creation time). Its work is the same
+-- at any cap: only the sessions it evicts are read.
+-- KEYS[1] session key   KEYS[2] the user's index   KEYS[3] the user's order
+-- KEYS[4] the user's key prefix ("<prefix>:{<tag>}:"): evicted sessions'
 --         keys are derived from it, so they share the user's hash slot.
--- KEYS[4] the bucket's event stream
+-- KEYS[5] the bucket's event stream
 -- ARGV[1] session id   ARGV[2] user digest   ARGV[3] lifetime ms
--- ARGV[4] idle timeout ms (0: none)   ARGV[5] max sessions (0: no limit)
+-- ARGV[4] idle timeout ms (0: none)   ARGV[5] max sessions per user (>= 1)
 -- ARGV[6] opaque JSON body   ARGV[7] event stream cap (0: no events)
 -- ARGV[8] user id   ARGV[9] the access groups as a JSON array
--- ARGV[10..] access groups
+-- ARGV[10..] access groups (distinct, at most the per-session cap)
 -- Returns {value, evicted id, ...}. A retried create (same token) returns
 -- the session the first attempt made and changes nothing.
-local skey, index, key_prefix, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local skey, index, order, key_prefix, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id = ARGV[1]
 local now, now_us = clock()
-prune(index, now)
+prune(index, order, now)
 
 local existing = redis.call('GET', skey)
 if existing then
+  if not ours(existing) then
+    return redis.error_reply('SESSIONKIT_LAYOUT a session of another layout holds this token')
+  end
   return {existing}
 end
 
 local evicted = {}
-local max_sessions = tonumber(ARGV[5])
-if max_sessions > 0 then
-  local ids, values = live_sessions(index, key_prefix)
-  local excess = #ids - max_sessions + 1
-  if excess > 0 then
-    local by_age = {}
-    for i, v in ipairs(values) do
-      by_age[i] = {created_us(v), ids[i]}
-    end
-    table.sort(by_age, function(a, b)
-      if a[1] ~= b[1] then return a[1] < b[1] end
-      return a[2] < b[2]
-    end)
-    for i = 1, excess do
-      local old = by_age[i][2]
-      redis.call('DEL', key_prefix .. 's:' .. old)
-      redis.call('ZREM', index, old)
-      evicted[#evicted + 1] = old
-    end
-  end
+local excess = redis.call('ZCARD', index) - tonumber(ARGV[5]) + 1
+if excess > 0 then
+  evicted = redis.call('ZRANGE', order, 0, excess - 1)
+  batched('DEL', nil, session_keys(key_prefix, evicted))
+  unindex(index, order, evicted)
 end
 
-local groups, seen = {}, {}
+local groups = {}
 for i = 10, #ARGV do
-  local g = ARGV[i]
-  if not seen[g] then
-    seen[g] = true
-    groups[#groups + 1] = g
-  end
+  groups[#groups + 1] = ARGV[i]
 end
 
 local expires = now + tonumber(ARGV[3])
@@ -60,11 +45,12 @@ if idle > 0 and now + idle < expires then
   dies = now + idle
 end
 local body = ARGV[6]
-local value = string.format('%016d', now_us) .. ms13(expires) .. ms13(now) .. ARGV[2]
-  .. #body .. ':' .. body .. join_groups(groups)
+local value = LAYOUT .. string.format('%016d', now_us) .. ms13(expires) .. ms13(now) .. ARGV[2]
+  .. string.format('%03d', #groups) .. #body .. ':' .. body .. join_groups(groups)
 redis.call('SET', skey, value, 'PXAT', ms13(dies))
 redis.call('ZADD', index, ms13(dies), id)
-refresh_index_ttl(index)
+redis.call('ZADD', order, string.format('%016d', now_us), id)
+refresh_ttl(index, order)
 emit(stream, ARGV[7], 'evicted', ARGV[8], evicted, '[]')
 emit(stream, ARGV[7], 'created', ARGV[8], {id}, ARGV[9])
 

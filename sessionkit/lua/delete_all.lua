@@ -1,46 +1,58 @@
 -- Deletes every live session of a user, optionally sparing one.
--- KEYS[1] the user's index key
--- KEYS[2] the user's key prefix ("<prefix>:{<tag>}:"): session keys are
+-- KEYS[1] the user's index   KEYS[2] the user's order
+-- KEYS[3] the user's key prefix ("<prefix>:{<tag>}:"): session keys are
 --         derived from it and the index members, in the same slot.
--- KEYS[3] the bucket's event stream
+-- KEYS[4] the bucket's event stream
 -- ARGV[1] id of the session to keep ('' for none)
 -- ARGV[2] event stream cap (0: no events)   ARGV[3] user id
 -- Returns {number deleted}.
-local index, key_prefix, stream = KEYS[1], KEYS[2], KEYS[3]
-local keep, events = ARGV[1], ARGV[2] ~= '0'
-prune(index, now_ms())
-local kept_score = keep ~= '' and redis.call('ZSCORE', index, keep) or false
+local index, order, key_prefix, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local keep = ARGV[1]
+prune(index, order, now_ms())
+local kept = keep ~= '' and redis.call('ZSCORE', index, keep)
+local kept_created = kept and redis.call('ZSCORE', order, keep)
 local members = redis.call('ZRANGE', index, 0, -1)
--- After pruning, index members are live sessions; DEL counts exactly those
--- still there. Without events, keys go in batches that keep Lua's stack
--- small; with events, one by one, so the event names exactly those deleted.
-local batch, gone = {}, {}
-local deleted = 0
+-- After pruning, index members are live sessions, unless a key was removed
+-- behind sessionkit's back: a batch whose keys all exist (the rule) is
+-- deleted at once; otherwise key by key, so the count and the event name
+-- exactly the sessions this call ended.
+local gone = {}
+local batch = {}
 local function flush()
-  if #batch > 0 then
-    deleted = deleted + redis.call('DEL', unpack(batch))
-    batch = {}
+  if #batch == 0 then
+    return
   end
+  local keys = session_keys(key_prefix, batch)
+  if redis.call('EXISTS', unpack(keys)) == #keys then
+    redis.call('DEL', unpack(keys))
+    for _, id in ipairs(batch) do
+      gone[#gone + 1] = id
+    end
+  else
+    for i, key in ipairs(keys) do
+      if redis.call('DEL', key) == 1 then
+        gone[#gone + 1] = batch[i]
+      end
+    end
+  end
+  batch = {}
 end
 for _, id in ipairs(members) do
   if id ~= keep then
-    if events then
-      if redis.call('DEL', key_prefix .. 's:' .. id) == 1 then
-        gone[#gone + 1] = id
-      end
-    else
-      batch[#batch + 1] = key_prefix .. 's:' .. id
-      if #batch == 500 then
-        flush()
-      end
+    batch[#batch + 1] = id
+    if #batch == BATCH then
+      flush()
     end
   end
 end
 flush()
-redis.call('DEL', index)
-if kept_score then
-  redis.call('ZADD', index, kept_score, keep)
-  redis.call('PEXPIREAT', index, kept_score)
+redis.call('DEL', index, order)
+if kept then
+  redis.call('ZADD', index, kept, keep)
+  if kept_created then
+    redis.call('ZADD', order, kept_created, keep)
+  end
+  refresh_ttl(index, order)
 end
 emit(stream, ARGV[2], 'all_deleted', ARGV[3], gone, '[]')
-return {deleted + #gone}
+return {#gone}

@@ -2,15 +2,15 @@
 -- (token alone). Slides the idle timeout, or refreshes last-active at most
 -- once per touch interval, in place.
 -- KEYS[1] session key
--- KEYS[2] the user's key prefix ("<prefix>:{<tag>}:"): the index key is
---         derived from it and the stored user digest, in the same slot.
+-- KEYS[2] the user's key prefix ("<prefix>:{<tag>}:"): the index and order
+--         keys are derived from it and the stored user digest, in the same slot.
 -- ARGV[1] user digest the session must belong to ('' for resolve)
 -- ARGV[2] session id   ARGV[3] idle timeout ms (0: none)
 -- ARGV[4] touch interval ms
--- Returns the stored value, or false.
+-- Returns the stored value, or false (also for a value of another layout).
 local skey = KEYS[1]
 local v = redis.call('GET', skey)
-if not v then
+if not v or not ours(v) then
   return false
 end
 if ARGV[1] ~= '' and owner(v) ~= ARGV[1] then
@@ -28,8 +28,8 @@ if idle > 0 then
   redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, ms13(now))
   redis.call('PEXPIREAT', skey, ms13(dies))
   local index = KEYS[2] .. 'u:' .. owner(v)
-  redis.call('ZADD', index, ms13(dies), ARGV[2])
-  refresh_index_ttl(index)
+  redis.call('ZADD', index, 'XX', ms13(dies), ARGV[2])
+  refresh_ttl(index, KEYS[2] .. 'c:' .. owner(v))
 elseif now - field_ms(v, LAST_ACTIVE_AT) >= tonumber(ARGV[4]) then
   redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, ms13(now))
 else
