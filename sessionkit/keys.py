@@ -13,6 +13,8 @@ can shape another user's key names:
   session ids scored by expiry: what is live)
 * ``<prefix>:{<tag>}:c:<user digest>`` the user's order (the same ids scored
   by creation time: whom a create at the cap evicts)
+* ``<prefix>:{<tag>}:g:<user digest>`` the user's groups (a hash: session id
+  to that session's access groups)
 * ``<prefix>:{<tag>}:events``          the bucket's event stream (see
   `sessionkit.events`): written by the same script as the change it reports,
   so it must share the users' slot
@@ -115,6 +117,10 @@ def index_key(prefix: str, bucket: int, digest: str) -> str:
 
 def order_key(prefix: str, bucket: int, digest: str) -> str:
     return f"{user_prefix(prefix, bucket)}c:{digest}"
+
+
+def groups_key(prefix: str, bucket: int, digest: str) -> str:
+    return f"{user_prefix(prefix, bucket)}g:{digest}"
 
 
 def events_key(prefix: str, bucket: int) -> str:

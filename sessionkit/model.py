@@ -74,7 +74,7 @@ def encode_body(user_id: str, user_agent: str | None, data: dict[str, Any]) -> b
 
 #: The stored layout's version, the value's first byte (see ``lua/_lib.lua``).
 LAYOUT = 1
-_HEADER = 68
+_HEADER = 65
 
 
 def _time(raw: bytes, start: int, digits: int = 13) -> datetime:
@@ -85,11 +85,15 @@ def _time(raw: bytes, start: int, digits: int = 13) -> datetime:
 _SCALE = {13: 1e3, 16: 1e6}
 
 
-def decode_session(raw: bytes | str, sid: str, token: str | None, idle_timeout_ms: int) -> Session:
-    """Build a `Session` from its stored value (the scripts return only
-    values of this layout)."""
+def decode_session(
+    raw: bytes | str, groups_entry: bytes | str, sid: str, token: str | None, idle_timeout_ms: int
+) -> Session:
+    """Build a `Session` from its stored value and its entry in the user's
+    groups hash (the scripts return only values of this layout)."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
+    if isinstance(groups_entry, str):
+        groups_entry = groups_entry.encode("utf-8")
     if raw[0] != LAYOUT:
         raise BackendError(
             f"a stored session of layout {raw[0]}; this sessionkit reads layout {LAYOUT}",
@@ -98,10 +102,9 @@ def decode_session(raw: bytes | str, sid: str, token: str | None, idle_timeout_m
     created, expires, last = _time(raw, 1, 16), _time(raw, 17), _time(raw, 30)
     if idle_timeout_ms:
         expires = min(expires, last + timedelta(milliseconds=idle_timeout_ms))
-    colon = raw.index(b":", _HEADER)
-    body_end = colon + 1 + int(raw[_HEADER:colon])
-    body = _body_decoder.decode(raw[colon + 1 : body_end])
-    groups = raw[body_end + 1 : -1].decode("utf-8").split("\0") if len(raw) > body_end + 1 else []
+    body = _body_decoder.decode(raw[_HEADER:])
+    # "<count>\0g1\0g2\0": three digits, then each group ended by NUL.
+    groups = groups_entry[4:-1].decode("utf-8").split("\0") if len(groups_entry) > 4 else []
     return Session(
         id=sid,
         user_id=body.u,

@@ -283,8 +283,16 @@ class SessionStore:
         )
         if self.metrics is not None:
             self.metrics.sessions_created()
-            self.metrics.sessions_deleted("evicted", len(reply) - 1)
-        return decode_session(reply[0], sid, token, self.idle_timeout_ms)
+            self.metrics.sessions_deleted("evicted", len(reply) - 2)
+        return decode_session(reply[0], reply[1], sid, token, self.idle_timeout_ms)
+
+    def _user_keys(self, bucket: int, digest: str) -> tuple[str, str, str]:
+        """The user's index, order and groups keys."""
+        return (
+            keys.index_key(self.prefix, bucket, digest),
+            keys.order_key(self.prefix, bucket, digest),
+            keys.groups_key(self.prefix, bucket, digest),
+        )
 
     def _create_call(
         self, uid: str, digest: str, bucket: int, sid: str, body: bytes, groups: tuple[str, ...]
@@ -293,8 +301,7 @@ class SessionStore:
         sends the same calls)."""
         key_names = (
             keys.session_key(self.prefix, bucket, sid),
-            keys.index_key(self.prefix, bucket, digest),
-            keys.order_key(self.prefix, bucket, digest),
+            *self._user_keys(bucket, digest),
             keys.user_prefix(self.prefix, bucket),
             keys.events_key(self.prefix, bucket),
         )
@@ -337,7 +344,7 @@ class SessionStore:
         )
         if not raw:
             return None
-        return decode_session(raw, sid, token, self.idle_timeout_ms)
+        return decode_session(raw[0], raw[1], sid, token, self.idle_timeout_ms)
 
     @_observed("list")
     async def list(self, user_id: str) -> builtins.list[Session]:
@@ -346,16 +353,12 @@ class SessionStore:
         digest, bucket = keys.user_digest(uid)
         reply = await self._run(
             Scripts.list,
-            (
-                keys.index_key(self.prefix, bucket, digest),
-                keys.order_key(self.prefix, bucket, digest),
-                keys.user_prefix(self.prefix, bucket),
-            ),
+            (*self._user_keys(bucket, digest), keys.user_prefix(self.prefix, bucket)),
             (),
         )
         sessions = [
-            decode_session(reply[i + 1], _text(reply[i]), None, self.idle_timeout_ms)
-            for i in range(0, len(reply), 2)
+            decode_session(reply[i + 1], reply[i + 2], _text(reply[i]), None, self.idle_timeout_ms)
+            for i in range(0, len(reply), 3)
         ]
         sessions.sort(key=lambda s: (s.created_at, s.id))
         return sessions
@@ -384,8 +387,7 @@ class SessionStore:
             Scripts.delete,
             (
                 keys.session_key(self.prefix, bucket, sid),
-                keys.index_key(self.prefix, bucket, digest),
-                keys.order_key(self.prefix, bucket, digest),
+                *self._user_keys(bucket, digest),
                 keys.events_key(self.prefix, bucket),
             ),
             (digest, sid, *self._event_args(uid)),
@@ -411,8 +413,7 @@ class SessionStore:
         reply = await self._run(
             Scripts.delete_all,
             (
-                keys.index_key(self.prefix, bucket, digest),
-                keys.order_key(self.prefix, bucket, digest),
+                *self._user_keys(bucket, digest),
                 keys.user_prefix(self.prefix, bucket),
                 keys.events_key(self.prefix, bucket),
             ),
@@ -442,12 +443,7 @@ class SessionStore:
         digest, bucket = keys.user_digest(uid)
         reply = await self._run(
             Scripts.groups,
-            (
-                keys.index_key(self.prefix, bucket, digest),
-                keys.order_key(self.prefix, bucket, digest),
-                keys.user_prefix(self.prefix, bucket),
-                keys.events_key(self.prefix, bucket),
-            ),
+            (*self._user_keys(bucket, digest), keys.events_key(self.prefix, bucket)),
             (mode, MAX_GROUPS_PER_SESSION, *self._event_args(uid, wanted), *wanted),
         )
         changed = int(reply[0])

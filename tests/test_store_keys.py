@@ -84,7 +84,7 @@ async def test_keys_stay_under_the_prefix_and_hold_no_user_id(
     for uid in HOSTILE_IDS:
         await store.create(uid)
     every = await backend.keys(prefix)
-    assert len(every) == 3 * len(HOSTILE_IDS)  # a session, an index and an order each
+    assert len(every) == 4 * len(HOSTILE_IDS)  # a session, an index, an order, groups
     for key in every:
         assert key.startswith(f"{prefix}:{{")
         rest = key[len(prefix) + 1 :]

@@ -133,7 +133,7 @@ async def test_delete_all_and_sign_out_everywhere_else(
     assert await store.delete_all("alice") == 0
     assert await store.list("alice") == []
     remaining = await backend.keys(prefix)
-    assert len(remaining) == 3  # bob's session, index and order only
+    assert len(remaining) == 4  # bob's session, index, order and groups only
 
 
 async def test_group_changes_touch_every_session_and_count_changes(store: SessionStore) -> None:

@@ -10,23 +10,24 @@
 --   [18..30]  absolute expiry, ms since epoch, 13 digits
 --   [31..43]  last-active time, ms, 13 digits (rewritten in place by SETRANGE)
 --   [44..65]  the user's digest, 22 characters
---   [66..68]  how many access groups the session has, 3 digits
---   then "<n>:" and n bytes of opaque JSON (user id, user agent, data),
---   then the access groups: "\0", then each group followed by "\0" (groups
---   never hold NUL), so one plain search tells whether a session has one.
+--   then the opaque JSON body (user id, user agent, data).
 -- Fixed widths let scripts read and touch a session without decoding it.
 --
--- Per user, two sorted sets of the same session ids: the index, scored by
--- expiry (what is live; pruned by score), and the order, scored by creation
--- time (whom a create at the cap evicts: the oldest, found without reading
--- every session). Every script that adds or removes a session changes both.
+-- Per user, three more keys, each holding the same session ids:
+--   index  sorted set scored by expiry: what is live (pruned by score)
+--   order  sorted set scored by creation time: whom a create at the cap
+--          evicts (the oldest), found without reading every session
+--   groups hash, session id -> the session's access groups: 3 digits (how
+--          many), then "\0" and each group followed by "\0" (groups never
+--          hold NUL), so one plain search tells whether a session has one.
+--          A group change reads and writes this one hash, in batches,
+--          whatever the number of sessions: it never touches their values.
+-- Every script that adds or removes a session changes all three.
 
 local LAYOUT = '\1'
-local HEADER = 68
 local EXPIRES_AT, LAST_ACTIVE_AT = 18, 31
 local DIGEST_FROM, DIGEST_TO = 44, 65
-local GROUP_COUNT = 66
-local BATCH = 1000  -- keys per MGET / DEL / ZREM: bounds Lua's stack
+local BATCH = 1000  -- keys or fields per MGET / HMGET / DEL / ZREM: bounds Lua's stack
 
 -- Server time as {ms, µs}.
 local function clock()
@@ -55,28 +56,12 @@ local function owner(v)
   return string.sub(v, DIGEST_FROM, DIGEST_TO)
 end
 
-local function group_count(v)
-  return tonumber(string.sub(v, GROUP_COUNT, GROUP_COUNT + 2))
-end
-
--- Where the groups start (their leading NUL).
-local function groups_at(v)
-  local colon = string.find(v, ':', HEADER + 1, true)
-  return colon + tonumber(string.sub(v, HEADER + 1, colon - 1)) + 1
-end
-
--- The groups part of a new value ("\0" then each group and "\0").
+-- A session's groups entry from a list of distinct groups.
 local function join_groups(groups)
   if #groups == 0 then
-    return '\0'
+    return '000\0'
   end
-  return '\0' .. table.concat(groups, '\0') .. '\0'
-end
-
--- The value with its group count set to n.
-local function with_count(v, n)
-  return string.sub(v, 1, GROUP_COUNT - 1) .. string.format('%03d', n)
-    .. string.sub(v, GROUP_COUNT + 3)
+  return string.format('%03d', #groups) .. '\0' .. table.concat(groups, '\0') .. '\0'
 end
 
 -- Calls a command on many arguments, BATCH at a time; the sum of the replies.
@@ -93,64 +78,43 @@ local function batched(command, key, items)
   return total
 end
 
--- Drops index and order members whose session has expired (the index's
--- score is the session's expiry).
-local function prune(index, order, now)
+-- A user's three per-user keys, from the user's key prefix and digest.
+local function user_keys(key_prefix, digest)
+  return key_prefix .. 'u:' .. digest, key_prefix .. 'c:' .. digest, key_prefix .. 'g:' .. digest
+end
+
+-- Takes sessions out of the user's index, order and groups.
+local function unindex(index, order, groups, ids)
+  batched('ZREM', index, ids)
+  batched('ZREM', order, ids)
+  batched('HDEL', groups, ids)
+end
+
+-- Drops the sessions whose expiry has passed (the index's score).
+local function prune(index, order, groups, now)
   local dead = redis.call('ZRANGEBYSCORE', index, '-inf', now)
   if #dead > 0 then
-    redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
-    batched('ZREM', order, dead)
+    unindex(index, order, groups, dead)
   end
 end
 
--- Both sets live exactly as long as the user's longest-lived session.
-local function refresh_ttl(index, order)
+-- The per-user keys live exactly as long as the user's longest-lived session.
+local function refresh_ttl(index, order, groups)
   local top = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
   if top[2] then
     redis.call('PEXPIREAT', index, top[2])
     redis.call('PEXPIREAT', order, top[2])
+    redis.call('PEXPIREAT', groups, top[2])
   end
 end
 
--- Takes sessions out of both sets.
-local function unindex(index, order, ids)
-  batched('ZREM', index, ids)
-  batched('ZREM', order, ids)
-end
-
--- The session keys of ids.
+-- The session keys of ids[from..to].
 local function session_keys(key_prefix, ids, from, to)
   local out = {}
   for i = from or 1, to or #ids do
     out[#out + 1] = key_prefix .. 's:' .. ids[i]
   end
   return out
-end
-
--- Live sessions of the index (after prune), with their values, BATCH keys
--- per MGET; members whose key is gone (deleted behind our back) leave both
--- sets. Values of another layout are left alone and not returned.
-local function live_sessions(index, order, key_prefix)
-  local members = redis.call('ZRANGE', index, 0, -1)
-  local ids, values, stale = {}, {}, {}
-  for i = 1, #members, BATCH do
-    local last = math.min(i + BATCH - 1, #members)
-    local got = redis.call('MGET', unpack(session_keys(key_prefix, members, i, last)))
-    for j = 1, #got do
-      local v = got[j]
-      if not v then
-        stale[#stale + 1] = members[i + j - 1]
-      elseif ours(v) then
-        ids[#ids + 1] = members[i + j - 1]
-        values[#values + 1] = v
-      end
-    end
-  end
-  if #stale > 0 then
-    unindex(index, order, stale)
-    refresh_ttl(index, order)
-  end
-  return ids, values
 end
 
 -- Appends one event to the stream of the user's bucket (in the user's hash

@@ -2,12 +2,12 @@
 -- (token alone). Slides the idle timeout, or refreshes last-active at most
 -- once per touch interval, in place.
 -- KEYS[1] session key
--- KEYS[2] the user's key prefix ("<prefix>:{<tag>}:"): the index and order
---         keys are derived from it and the stored user digest, in the same slot.
+-- KEYS[2] the user's key prefix ("<prefix>:{<tag>}:"): the user's keys are
+--         derived from it and the stored user digest, in the same slot.
 -- ARGV[1] user digest the session must belong to ('' for resolve)
 -- ARGV[2] session id   ARGV[3] idle timeout ms (0: none)
 -- ARGV[4] touch interval ms
--- Returns the stored value, or false (also for a value of another layout).
+-- Returns {value, groups entry}, or false (also for a value of another layout).
 local skey = KEYS[1]
 local v = redis.call('GET', skey)
 if not v or not ours(v) then
@@ -16,6 +16,8 @@ end
 if ARGV[1] ~= '' and owner(v) ~= ARGV[1] then
   return false
 end
+local index, order, groups_key = user_keys(KEYS[2], owner(v))
+local groups = redis.call('HGET', groups_key, ARGV[2]) or join_groups({})
 
 local now = now_ms()
 local idle = tonumber(ARGV[3])
@@ -27,12 +29,12 @@ if idle > 0 then
   end
   redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, ms13(now))
   redis.call('PEXPIREAT', skey, ms13(dies))
-  local index = KEYS[2] .. 'u:' .. owner(v)
   redis.call('ZADD', index, 'XX', ms13(dies), ARGV[2])
-  refresh_ttl(index, KEYS[2] .. 'c:' .. owner(v))
+  refresh_ttl(index, order, groups_key)
 elseif now - field_ms(v, LAST_ACTIVE_AT) >= tonumber(ARGV[4]) then
   redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, ms13(now))
 else
-  return v
+  return {v, groups}
 end
-return string.sub(v, 1, LAST_ACTIVE_AT - 1) .. ms13(now) .. string.sub(v, LAST_ACTIVE_AT + 13)
+return {string.sub(v, 1, LAST_ACTIVE_AT - 1) .. ms13(now) .. string.sub(v, LAST_ACTIVE_AT + 13),
+  groups}
