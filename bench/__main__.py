@@ -25,6 +25,7 @@ from bench.impls import UA, Impl, make_impls
 from bench.limits import measure_ceiling, measure_memory
 from bench.runner import Result, run_scenario
 from bench.scenarios import SCENARIOS
+from bench.worst_case import measure_worst_case
 from sessionkit import SessionStore
 from sessionkit.defaults import POOL_SIZE
 from sessionkit.server import EmbeddedServer
@@ -201,6 +202,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 results.append(res)
         ceiling: dict[str, Any] = {}
         memory: dict[str, Any] = {}
+        worst: dict[str, Any] = {}
         if not args.no_limits and not cluster:
             console.print("measuring the server ceiling and memory per session…")
             resolve_impl: Impl = (
@@ -213,7 +215,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 url, resolve_impl.store, [c.token for c in made], 0.3 if args.quick else 1.0
             )
             memory = await _memory(args.quick, events, args.server_bin)
-        doc = report.build(conditions, results, ceiling, memory)
+            console.print("measuring the worst case (one user at the session cap)…")
+            worst = await measure_worst_case(args.server_bin, args.quick)
+        doc = report.build(conditions, results, ceiling, memory, worst)
     report.print_table(doc, console)
     report.write(doc, args.results, args.json)
     console.print(f"wrote {args.results / 'latest.json'}, latest.md, latest.png")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench import worst_case
 from bench.runner import Result
 
 CEILING_OPS = {"resolve": "resolve_unpipelined", "create": "create_unpipelined"}
@@ -54,6 +55,7 @@ def build(
     results: list[Result],
     ceiling: dict[str, Any],
     memory: dict[str, Any],
+    worst_case: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "conditions": conditions,
@@ -61,6 +63,7 @@ def build(
         "ratios": ratios(results, ceiling),
         "ceiling": ceiling,
         "memory": memory,
+        "worst_case": worst_case or {},
     }
 
 
@@ -114,6 +117,10 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
     for name, val in doc["memory"].items():
         if isinstance(val, dict):
             console.print(f"memory {name}: {val['bytes_per_session']:.0f} bytes per session")
+    if doc.get("worst_case"):
+        console.print("worst case (server time per call; another user's resolve meanwhile):")
+        for line in worst_case.lines(doc["worst_case"]):
+            console.print(line)
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -153,6 +160,9 @@ def markdown(doc: dict[str, Any]) -> str:
     for name, val in doc["memory"].items():
         if isinstance(val, dict):
             lines.append(f"- {name}: {val['bytes_per_session']:.0f} bytes per session")
+    if doc.get("worst_case"):
+        lines += ["", "Worst case (one user at the cap, fresh server):", ""]
+        lines += worst_case.lines(doc["worst_case"])
     return "\n".join(lines) + "\n"
 
 

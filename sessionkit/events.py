@@ -3,7 +3,8 @@
 Every change the store makes (a session created, deleted, all of a user's
 deleted, evicted by ``max_sessions_per_user``, access groups added or
 removed) appends one entry to a Redis Stream *inside the Lua script that
-makes the change*, so an event exists if and only if its change does. A
+makes the change*, so an event exists if and only if its change does (a
+change to more sessions than one 64 KiB entry holds appends several). A
 change that touches no session (deleting an unknown token, adding a group
 every session already has) writes none. Expiry writes none either: a
 session's ``expires_at`` says when it ends, so a consumer that needs to act

@@ -54,7 +54,12 @@ def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert set(doc) == {"conditions", "results", "ratios", "ceiling", "memory"}
+    assert set(doc) == {"conditions", "results", "ratios", "ceiling", "memory", "worst_case"}
+    assert set(doc["worst_case"]) == {"1000", "100"}
+    for figures in doc["worst_case"].values():
+        for op in ("list", "add_groups", "remove_groups", "delete_all", "create_at_cap"):
+            assert figures[f"{op}_us"] > 0, op
+        assert 0 < figures["resolve_busy"]["p50_ms"] <= figures["resolve_busy"]["p99_ms"]
     cond = doc["conditions"]
     for key in ("python", "redis_py", "hiredis", "server", "cpu_count", "loop", "concurrency"):
         assert cond[key], key

@@ -37,7 +37,8 @@ async def own_server() -> AsyncIterator[EmbeddedServer]:
 async def test_killed_connections_under_load_lose_nothing_and_duplicate_nothing(
     own_server: EmbeddedServer,
 ) -> None:
-    store = SessionStore.from_url(own_server.url, socket_timeout=2.0)
+    # Many sessions per user: nothing may be evicted, so every one is accounted for.
+    store = SessionStore.from_url(own_server.url, socket_timeout=2.0, max_sessions_per_user=10_000)
     admin: Any = aioredis.Redis.from_url(own_server.url)
     made: list[Session] = []
     failures: list[BaseException] = []
@@ -118,7 +119,9 @@ async def test_a_paused_server_fails_fast_and_the_store_recovers(
 async def test_sessions_survive_kill_9_with_aof(fsync: str) -> None:
     server = EmbeddedServer(args=("--appendonly", "yes", "--appendfsync", fsync))
     server.start()
-    store = SessionStore.from_url(server.url, socket_timeout=1.0, retries=0)
+    store = SessionStore.from_url(
+        server.url, socket_timeout=1.0, retries=0, max_sessions_per_user=10_000
+    )
     acknowledged: list[tuple[float, Session]] = []
     try:
         for i in range(20):
