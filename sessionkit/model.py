@@ -11,12 +11,14 @@ reads (so free-form `data` round-trips exactly), and the access groups.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from sessionkit.errors import BackendError
+from sessionkit.keys import SESSION_ID_CHARS
 from sessionkit.useragent import UserAgent, parse_user_agent
 
 
@@ -103,8 +105,8 @@ def decode_session(
     if idle_timeout_ms:
         expires = min(expires, last + timedelta(milliseconds=idle_timeout_ms))
     body = _body_decoder.decode(raw[_HEADER:])
-    # "<count>\0g1\0g2\0": three digits, then each group ended by NUL.
-    groups = groups_entry[4:-1].decode("utf-8").split("\0") if len(groups_entry) > 4 else []
+    # "\0g1\0g2\0": each group between NULs.
+    groups = groups_entry[1:-1].decode("utf-8").split("\0") if len(groups_entry) > 1 else []
     return Session(
         id=sid,
         user_id=body.u,
@@ -116,3 +118,22 @@ def decode_session(
         user_agent=parse_user_agent(body.a) if body.a is not None else None,
         data=body.d,
     )
+
+
+def unpack_listing(reply: list[bytes | str]) -> Iterator[tuple[str, bytes, bytes]]:
+    """(session id, value, groups entry) of each session in the list
+    script's reply: per batch, the values joined by NUL, then each session's
+    id, a NUL and its groups entry, joined by NUL. An entry is a NUL and
+    then, while the next byte is not a NUL, one group and its closing NUL."""
+    parts = [p.encode("utf-8") if isinstance(p, str) else p for p in reply]
+    for b in range(0, len(parts), 2):
+        values, rest = parts[b].split(b"\0"), parts[b + 1]
+        i = 0
+        for value in values:
+            sid = rest[i : i + SESSION_ID_CHARS].decode("ascii")
+            start = j = i + SESSION_ID_CHARS + 1
+            j += 1
+            while j < len(rest) and rest[j] != 0:
+                j = rest.index(b"\0", j) + 1
+            yield sid, value, rest[start:j]
+            i = j + 1  # past the NUL between two sessions

@@ -33,7 +33,7 @@ from sessionkit.defaults import (
     TOUCH_INTERVAL,
 )
 from sessionkit.errors import BackendError, BackendUnavailable, LimitExceeded, ValidationError
-from sessionkit.model import Session, decode_session, encode_body
+from sessionkit.model import Session, decode_session, encode_body, unpack_listing
 from sessionkit.observe import Observer
 from sessionkit.pipeline import Pipeliner
 from sessionkit.scripts import Script, Scripts
@@ -83,10 +83,6 @@ _UNAVAILABLE = (
     OSError,
     builtins.TimeoutError,
 )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class SessionStore:
@@ -357,8 +353,8 @@ class SessionStore:
             (),
         )
         sessions = [
-            decode_session(reply[i + 1], reply[i + 2], _text(reply[i]), None, self.idle_timeout_ms)
-            for i in range(0, len(reply), 3)
+            decode_session(value, entry, sid, None, self.idle_timeout_ms)
+            for sid, value, entry in unpack_listing(reply)
         ]
         sessions.sort(key=lambda s: (s.created_at, s.id))
         return sessions

@@ -17,14 +17,15 @@
 --   index  sorted set scored by expiry: what is live (pruned by score)
 --   order  sorted set scored by creation time: whom a create at the cap
 --          evicts (the oldest), found without reading every session
---   groups hash, session id -> the session's access groups: 3 digits (how
---          many), then "\0" and each group followed by "\0" (groups never
---          hold NUL), so one plain search tells whether a session has one.
+--   groups hash, session id -> the session's access groups: "\0", then
+--          each group followed by "\0" (groups never hold NUL), so one plain
+--          search tells whether a session has one.
 --          A group change reads and writes this one hash, in batches,
 --          whatever the number of sessions: it never touches their values.
 -- Every script that adds or removes a session changes all three.
 
 local LAYOUT = '\1'
+local LAYOUT_BYTE = 1
 local EXPIRES_AT, LAST_ACTIVE_AT = 18, 31
 local DIGEST_FROM, DIGEST_TO = 44, 65
 local BATCH = 1000  -- keys or fields per MGET / HMGET / DEL / ZREM: bounds Lua's stack
@@ -49,19 +50,27 @@ local function field_ms(v, from)
 end
 
 local function ours(v)
-  return string.sub(v, 1, 1) == LAYOUT
+  return string.byte(v) == LAYOUT_BYTE
 end
 
 local function owner(v)
   return string.sub(v, DIGEST_FROM, DIGEST_TO)
 end
 
+local NO_GROUPS = '\0'
+
 -- A session's groups entry from a list of distinct groups.
 local function join_groups(groups)
   if #groups == 0 then
-    return '000\0'
+    return NO_GROUPS
   end
-  return string.format('%03d', #groups) .. '\0' .. table.concat(groups, '\0') .. '\0'
+  return '\0' .. table.concat(groups, '\0') .. '\0'
+end
+
+-- How many groups an entry holds (one NUL each, and the leading one).
+local function count_groups(entry)
+  local _, nuls = string.gsub(entry, '%z', '')
+  return nuls - 1
 end
 
 -- Calls a command on many arguments, BATCH at a time; the sum of the replies.
@@ -108,11 +117,12 @@ local function refresh_ttl(index, order, groups)
   end
 end
 
--- The session keys of ids[from..to].
-local function session_keys(key_prefix, ids, from, to)
-  local out = {}
-  for i = from or 1, to or #ids do
-    out[#out + 1] = key_prefix .. 's:' .. ids[i]
+-- The session keys of ids[from..to] (every `step`-th item from `from`).
+local function session_keys(key_prefix, ids, from, to, step)
+  local out, s, n = {}, key_prefix .. 's:', 0
+  for i = from or 1, to or #ids, step or 1 do
+    n = n + 1
+    out[n] = s .. ids[i]
   end
   return out
 end

@@ -24,7 +24,7 @@ if existing then
   if not ours(existing) then
     return redis.error_reply('SESSIONKIT_LAYOUT a session of another layout holds this token')
   end
-  return {existing, redis.call('HGET', groups_key, id) or join_groups({})}
+  return {existing, redis.call('HGET', groups_key, id) or NO_GROUPS}
 end
 
 local evicted = {}

@@ -14,40 +14,24 @@ local kept_created = kept and redis.call('ZSCORE', order, keep)
 local kept_groups = kept and redis.call('HGET', groups_key, keep)
 local members = redis.call('ZRANGE', index, 0, -1)
 -- After pruning, index members are live sessions, unless a key was removed
--- behind sessionkit's back: a batch whose keys all exist (the rule) is
--- deleted at once; otherwise key by key, so the count and the event name
--- exactly the sessions this call ended.
-local gone = {}
-local batch = {}
-local function flush()
-  if #batch == 0 then
-    return
-  end
-  local keys = session_keys(key_prefix, batch)
-  if redis.call('EXISTS', unpack(keys)) == #keys then
-    redis.call('DEL', unpack(keys))
-    for _, id in ipairs(batch) do
-      gone[#gone + 1] = id
-    end
-  else
-    for i, key in ipairs(keys) do
-      if redis.call('DEL', key) == 1 then
-        gone[#gone + 1] = batch[i]
-      end
-    end
-  end
-  batch = {}
-end
-for _, id in ipairs(members) do
-  if id ~= keep then
-    batch[#batch + 1] = id
-    if #batch == BATCH then
-      flush()
+-- behind sessionkit's back (by hand, by maxmemory eviction): such a session
+-- is not counted, but the event still names it among the sessions ended
+-- (checking each key first would double the cost of the common case).
+local gone, n, deleted = members, #members, 0
+if kept then
+  gone, n = {}, 0
+  for _, id in ipairs(members) do
+    if id ~= keep then
+      n = n + 1
+      gone[n] = id
     end
   end
 end
-flush()
-redis.call('DEL', index, order, groups_key)
+for i = 1, n, BATCH do
+  local batch = session_keys(key_prefix, gone, i, math.min(i + BATCH - 1, n))
+  deleted = deleted + redis.call('DEL', unpack(batch))
+end
+redis.call('UNLINK', index, order, groups_key)  -- freed off the main thread
 if kept then
   redis.call('ZADD', index, kept, keep)
   if kept_created then
@@ -58,5 +42,7 @@ if kept then
   end
   refresh_ttl(index, order, groups_key)
 end
-emit(stream, ARGV[2], 'all_deleted', ARGV[3], gone, '[]')
-return {#gone}
+if deleted > 0 then
+  emit(stream, ARGV[2], 'all_deleted', ARGV[3], gone, '[]')
+end
+return {deleted}

@@ -17,7 +17,7 @@ if ARGV[1] ~= '' and owner(v) ~= ARGV[1] then
   return false
 end
 local index, order, groups_key = user_keys(KEYS[2], owner(v))
-local groups = redis.call('HGET', groups_key, ARGV[2]) or join_groups({})
+local groups = redis.call('HGET', groups_key, ARGV[2]) or NO_GROUPS
 
 local now = now_ms()
 local idle = tonumber(ARGV[3])

@@ -2,7 +2,7 @@
 -- one atomic step: no reader sees some sessions changed and others not. An
 -- add that would give any session more than the per-session cap of groups
 -- changes nothing at all. Reads and writes only the user's groups hash, in
--- batches: the session values are not touched.
+-- one read and batched writes: the session values are not touched.
 -- KEYS[1] the user's index   KEYS[2] the user's order   KEYS[3] the user's groups
 -- KEYS[4] the bucket's event stream
 -- ARGV[1] 'add' or 'remove'   ARGV[2] most groups on one session
@@ -21,44 +21,43 @@ for i = FIRST, #ARGV do
 end
 
 prune(index, order, groups_key, now_ms())
-local ids = redis.call('ZRANGE', index, 0, -1)
+-- After pruning, the groups hash holds exactly the user's live sessions.
+local flat = redis.call('HGETALL', groups_key)
 -- First every new entry, then (if none is over the cap) every write.
-local changed, writes = {}, {}
-for i = 1, #ids, BATCH do
-  local entries = redis.call('HMGET', groups_key, unpack(ids, i, math.min(i + BATCH - 1, #ids)))
-  for j = 1, #entries do
-    local e = entries[j] or '000\0'
-    local n = tonumber(string.sub(e, 1, 3))
-    local was = n
-    if adding then
-      local more = {}
-      for k, needle in ipairs(needles) do
-        if not string.find(e, needle, 4, true) then
-          more[#more + 1] = wanted[k]
-        end
-      end
-      if #more > 0 then
-        n = n + #more
-        if n > most then
-          return {-1}
-        end
-        e = e .. table.concat(more, '\0') .. '\0'
-      end
-    else
-      for k, needle in ipairs(needles) do
-        local at = string.find(e, needle, 4, true)
-        if at then
-          e = string.sub(e, 1, at) .. string.sub(e, at + #wanted[k] + 2)
-          n = n - 1
-        end
+local changed, writes, n = {}, {}, 0
+local more = {}  -- reused for every session: the groups it lacks
+for i = 1, #flat, 2 do
+  local e = flat[i + 1]
+  local new
+  if adding then
+    local m = 0
+    for k = 1, #needles do
+      if not string.find(e, needles[k], 1, true) then
+        m = m + 1
+        more[m] = wanted[k]
       end
     end
-    if n ~= was then
-      local id = ids[i + j - 1]
-      changed[#changed + 1] = id
-      writes[#writes + 1] = id
-      writes[#writes + 1] = string.format('%03d', n) .. string.sub(e, 4)
+    if m > 0 then
+      -- Each group takes at least two bytes, so a short entry cannot be
+      -- near the cap; only a long one is counted.
+      if (#e - 1) / 2 + m > most and count_groups(e) + m > most then
+        return {-1}
+      end
+      new = e .. table.concat(more, '\0', 1, m) .. '\0'
     end
+  else
+    for k = 1, #needles do
+      local at = string.find(e, needles[k], 1, true)
+      if at then
+        e = string.sub(e, 1, at) .. string.sub(e, at + #wanted[k] + 2)
+        new = e
+      end
+    end
+  end
+  if new then
+    n = n + 1
+    changed[n] = flat[i]
+    writes[2 * n - 1], writes[2 * n] = flat[i], new
   end
 end
 for i = 1, #writes, 2 * BATCH do
