@@ -61,3 +61,9 @@ MAX_PREFIX_CHARS: Final = 64
 #: past that wait for a free one (up to POOL_TIMEOUT seconds) instead of failing.
 POOL_SIZE: Final = 64
 POOL_TIMEOUT: Final = 10.0
+
+#: Most nodes in one flow, and the longest parameter expression (UTF-8
+#: bytes): flows are code, but a definition must not be able to exhaust the
+#: process that loads it.
+MAX_FLOW_NODES: Final = 1000
+MAX_EXPRESSION_BYTES: Final = 4096

@@ -260,7 +260,7 @@ class _Streams:
                 f"the session server refused reading events: {exc}",
                 details={"operation": "events"},
             )
-            if not any(m in str(exc) for m in _MOVING):
+            if not _moving(str(exc)):
                 raise error from exc
             # Slots moved since the client last looked: reload the topology.
             if isinstance(self.client, RedisCluster):
@@ -353,15 +353,27 @@ _MORE_TRIES = 3
 _SKIP_TRIES = 4
 _SKIP_WAIT = 0.05
 
-#: Errors of a cluster whose slots are moving: the read goes on after a
-#: topology reload.
-_MOVING = ("non local key", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "not served")
+#: Errors of a cluster whose slots are moving (the read goes on after a
+#: topology reload): the server's error codes, and what a script says when
+#: a key it was given is not on its node.
+_MOVING_CODES = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"})
+_MOVING_PHRASES = ("non local key", "not served")
+
+
+def _moving(message: str) -> bool:
+    """Whether an error says that slots are moving. By its code, not by a
+    substring: a NOGROUP error quotes key and group names, which may hold
+    any word."""
+    code = message.split(" ", 1)[0]
+    if code == "NOGROUP":
+        return False
+    return code in _MOVING_CODES or any(p in message for p in _MOVING_PHRASES)
 
 
 def _transient_reply(reply: Any) -> bool:
     """A pipelined reply that is an error worth sending the pipeline again for."""
     if isinstance(reply, rx.ResponseError):
-        return any(m in str(reply) for m in _MOVING)
+        return _moving(str(reply))
     return isinstance(reply, Exception)
 
 
@@ -539,7 +551,7 @@ class EventConsumer:
                 attempt += 1
                 await anyio.sleep(0.1 * attempt)
             except BackendError as exc:
-                if "NOGROUP" not in str(exc.__cause__):
+                if not str(exc.__cause__).startswith("NOGROUP"):
                     raise
                 # A stream was deleted (FLUSHALL, a lost shard): everything a
                 # new stream holds is new to the group.
@@ -645,7 +657,7 @@ async def tail(
     store: SessionStore, *, since: datetime | None = None, block: float | timedelta = 1.0
 ) -> AsyncGenerator[Event, None]:
     """Follow every event stream of the store's prefix from `since` (default:
-    now), without a consumer group: nothing is acknowledged or remembered;
+    now; a naive datetime is UTC), without a consumer group: nothing is acknowledged or remembered;
     `aclose()` it when done. For watching; use `EventConsumer` for work that
     must not miss events."""
     wait = _seconds(block, "block")
@@ -660,6 +672,8 @@ async def tail(
             for n, end in zip(streams.names, ends, strict=True)
         }
     else:
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)  # as the CLI reads times: UTC
         start_ms = int(since.timestamp() * 1000)
         last = dict.fromkeys(streams.names, f"{max(start_ms - 1, 0)}-{2**64 - 1}")
     attempt = 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import cel
 
+from sessionkit.defaults import MAX_EXPRESSION_BYTES
 from sessionkit.errors import SessionKitError, ValidationError
 
 
@@ -54,6 +55,13 @@ class Parameter:
             self._value = value.value
         elif isinstance(value, str):
             self.source = value
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_EXPRESSION_BYTES:
+                raise ExpressionError(
+                    f"parameter {name}: the expression is {size} bytes long; at most "
+                    f"{MAX_EXPRESSION_BYTES} are allowed",
+                    details={"parameter": name, "bytes": size},
+                )
             try:
                 self._program = cel.compile(value)
             except Exception as exc:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from sessionkit.defaults import MAX_FLOW_NODES
 from sessionkit.errors import SessionKitError, ValidationError
 from sessionkit.expressions import Literal as LiteralParam
 from sessionkit.nodes import ERRORS, NODE_TYPES, Node
@@ -118,6 +119,11 @@ class Flow:
 
     @classmethod
     def _build(cls, spec: FlowSpec, store: SessionStore) -> Flow:
+        if len(spec.nodes) > MAX_FLOW_NODES:
+            raise FlowDefinitionError(
+                f"the flow has {len(spec.nodes)} nodes; at most {MAX_FLOW_NODES} are allowed",
+                details={"nodes": len(spec.nodes), "maximum": MAX_FLOW_NODES},
+            )
         nodes: dict[str, Node] = {}
         for n in spec.nodes:
             if n.id in nodes:
@@ -222,26 +228,34 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _check_acyclic(nodes: dict[str, Node], relations: list[tuple[str, str, str, str]]) -> None:
-    edges: dict[str, set[str]] = {n: set() for n in nodes}
+    """Refuse a flow with a cycle, naming it. Depth-first without recursion,
+    so a long chain of nodes cannot exhaust Python's stack."""
+    edges: dict[str, list[str]] = {n: [] for n in nodes}
     for src, _, dst, _ in relations:
-        edges[src].add(dst)
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(n: str, path: list[str]) -> None:
-        state[n] = 1
-        for m in sorted(edges[n]):
-            if state.get(m) == 1:
-                cycle = [*path[path.index(m) :], m] if m in path else [n, m]
+        edges[src].append(dst)
+    for n in edges:
+        edges[n] = sorted(set(edges[n]))
+    done: set[str] = set()
+    for root in nodes:
+        if root in done:
+            continue
+        path, on_path = [root], {root}
+        stack = [iter(edges[root])]
+        while stack:
+            m = next(stack[-1], None)
+            if m is None:
+                stack.pop()
+                done.add(path[-1])
+                on_path.discard(path.pop())
+            elif m in on_path:
+                cycle = [*path[path.index(m) :], m]
                 raise FlowDefinitionError(
                     f"the flow has a cycle: {' -> '.join(cycle)}", details={"cycle": cycle}
                 )
-            if m not in state:
-                visit(m, [*path, m])
-        state[n] = 2
-
-    for n in nodes:
-        if n not in state:
-            visit(n, [n])
+            elif m not in done:
+                path.append(m)
+                on_path.add(m)
+                stack.append(iter(edges[m]))
 
 
 __all__ = ["ERRORS", "Flow", "FlowDefinitionError", "FlowError", "FlowResult"]

@@ -53,6 +53,13 @@ class Session(
     user_agent: UserAgent | None
     data: dict[str, Any]
 
+    def __repr__(self) -> str:
+        # Logs and error trackers print objects: never the whole token.
+        fields = {name: getattr(self, name) for name in self.__struct_fields__}
+        if self.token is not None:
+            fields["token"] = self.token[:6] + "…"
+        return f"Session({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
     def to_dict(self) -> dict[str, Any]:
         """The session as a JSON-ready dict in the platform's field names."""
         out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))

@@ -315,6 +315,42 @@ async def test_tail_from_now_starts_after_the_last_entry_not_at_the_clock(
         assert event.session_ids != (before.id,)
 
 
+async def test_a_group_named_like_a_cluster_error_gets_its_deleted_stream_back(
+    make_store: StoreFactory, prefix: str
+) -> None:
+    """NOGROUP quotes the group's name: a group called "ASK-MOVED" must not
+    make a deleted stream look like a slot move (retried, then a failure)."""
+    store = make_store()
+    reader = consumer(store, group="ASK-MOVED-TRYAGAIN")
+    await reader.setup()
+    await store.create("una")
+    await store.client.delete(stream_of(prefix, "una"))  # the stream is gone
+    s = await store.create("una")
+    assert seen(await drain(reader)) == [("created", "una", (s.id,), ())]
+
+
+async def test_tail_reads_a_naive_since_as_utc(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the CLI does, whatever the machine's local time zone."""
+    monkeypatch.setenv("TZ", "XXX+5")  # five hours behind UTC
+    time.tzset()
+    try:
+        store = make_store()
+        await store.create("vic")
+        since = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=1)
+        stream = tail(store, since=since, block=0.05)
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.2)
+        await store.create("wes")  # a tail starting five hours late would give neither
+        event = await asyncio.wait_for(first, 10)
+        await stream.aclose()
+        assert event.user_id == "vic"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def neighbours(n: int) -> list[str]:
     """`n` user ids whose events share one stream (one hash-tag bucket)."""
     by_bucket: dict[int, list[str]] = {}

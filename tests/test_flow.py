@@ -218,3 +218,39 @@ async def test_a_missing_flow_input_is_a_clear_error(store: SessionStore) -> Non
     flow = Flow.from_dict(_defn([{"id": "n", **GET_ALL}]), store)
     with pytest.raises(ValidationError, match="needs an input named 'inputObject'"):
         await flow.run({})
+
+
+def _chain(n: int) -> dict[str, Any]:
+    """n Get All nodes, each fed by the one before."""
+    return _defn(
+        [{"id": f"n{i}", **GET_ALL} for i in range(n)],
+        [{"from": f"n{i}.sessions", "to": f"n{i + 1}.inputObject"} for i in range(n - 1)],
+    )
+
+
+async def test_a_chain_of_1000_nodes_loads_and_runs(store: SessionStore) -> None:
+    """The cycle check walks without recursion: a long chain is not a
+    RecursionError (1,000 frames would be)."""
+    flow = Flow.from_dict(_chain(1000), store)
+    result = await flow.run({"inputObject": {}})
+    assert len(result.ran) == 1000 and result.ran[-1] == "n999"
+
+
+def test_a_cycle_at_the_end_of_a_long_chain_is_named(store: SessionStore) -> None:
+    definition = _chain(1000)
+    definition["relations"].append({"from": "n999.sessions", "to": "n500.inputObject"})
+    with pytest.raises(FlowDefinitionError, match="cycle") as info:
+        Flow.from_dict(definition, store)
+    assert info.value.details["cycle"] == [*(f"n{i}" for i in range(500, 1000)), "n500"]
+
+
+def test_a_flow_over_1000_nodes_is_refused(store: SessionStore) -> None:
+    with pytest.raises(FlowDefinitionError, match="1001 nodes; at most 1000"):
+        Flow.from_dict(_chain(1001), store)
+
+
+def test_an_expression_over_4_kib_is_refused_at_build(store: SessionStore) -> None:
+    long = _defn([{"id": "n", **GET_ALL, "params": {"user_id": "'" + "u" * 4095 + "'"}}])
+    with pytest.raises(FlowDefinitionError, match="at most 4096") as info:
+        Flow.from_dict(long, store)
+    assert info.value.details["parameter"] == "user_id"

@@ -217,3 +217,13 @@ async def test_a_retried_create_with_the_same_token_makes_one_session(
 
 async def test_session_is_a_msgspec_struct() -> None:
     assert issubclass(Session, msgspec.Struct)
+
+
+async def test_repr_and_str_of_a_session_never_show_its_token(store: SessionStore) -> None:
+    s = await store.create("tess", "g")
+    assert s.token is not None
+    for shown in (repr(s), str(s), f"{s}", f"{[s]}"):
+        assert s.token not in shown and f"token='{s.token[:6]}…'" in shown
+    assert "user_id='tess'" in repr(s)
+    assert msgspec.json.decode(msgspec.json.encode(s))["token"] == s.token  # JSON keeps it
+    assert s.to_dict()["token"] == s.token

@@ -22,7 +22,7 @@ for i = 4, #ARGV, 2 do
     r = redis.pcall('XREAD', 'COUNT', count, 'STREAMS', ARGV[i], ARGV[i + 1])
   end
   if type(r) == 'table' and r.err then
-    if string.find(r.err, 'NOGROUP', 1, true) then
+    if string.sub(r.err, 1, 8) == 'NOGROUP ' then
       return redis.error_reply(r.err)
     end
     skipped[#skipped + 1] = ARGV[i]
