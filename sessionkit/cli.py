@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -29,16 +31,37 @@ EXIT_INPUT = 3
 EXIT_UNREACHABLE = 4
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sessionkit", description="Operate sessionkit sessions.")
+def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--redis-url, --prefix and --json. Every subcommand takes them too (so
+    they may come last); there they default to nothing, so that one given
+    before the subcommand stands."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
     p.add_argument(
         "--redis-url",
-        default=os.environ.get("REDIS_URL", "redis://localhost:6379"),
+        default=default(os.environ.get("REDIS_URL", "redis://localhost:6379")),
         help="server URL (redis://, rediss://, redis+cluster://); default $REDIS_URL",
     )
-    p.add_argument("--prefix", default=PREFIX, help=f"key prefix (default {PREFIX})")
-    p.add_argument("--json", action="store_true", help="JSON output for scripts")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--prefix", default=default(PREFIX), help=f"key prefix (default {PREFIX})")
+    p.add_argument(
+        "--json", action="store_true", default=default(False), help="JSON output for scripts"
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser: it takes the global options as well."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _global_options(self, defaults=False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sessionkit", description="Operate sessionkit sessions.")
+    _global_options(p, defaults=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sessions = sub.add_parser("sessions", help="list or revoke a user's sessions")
     ssub = sessions.add_subparsers(dest="action", required=True)
@@ -84,6 +107,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by a SCAN pattern."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def _printable(text: str) -> str:
+    """Text for a terminal: control characters (which could move the cursor
+    or rewrite what is shown) escaped, as Python writes them."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def _safe_url(url: str) -> str:
+    """The URL with its password masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+
+
 def _positive(text: str) -> int:
     try:
         n = int(text)
@@ -114,7 +158,7 @@ def _event_line(e: Event, as_json: bool) -> str:
     line += f"  sessions={','.join(e.session_ids)}"
     if e.groups:
         line += f"  groups={json.dumps(list(e.groups), ensure_ascii=False)}"
-    return line
+    return _printable(line)
 
 
 async def _tail(args: argparse.Namespace) -> None:
@@ -154,16 +198,18 @@ def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(none)"
     cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    cells = [{c: _printable(str(r[c])) for c in cols} for r in rows]
+    widths = {c: max(len(c), *(len(r[c]) for r in cells)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in cols) for r in cells]
     return "\n".join(lines)
 
 
 async def _stats(store: SessionStore) -> dict[str, Any]:
     sessions = users = 0
     streams: list[str] = []
-    async for key in store.client.scan_iter(match=f"{store.prefix}:{{*", count=1000):
+    pattern = f"{_glob_escape(store.prefix)}:{{*"
+    async for key in store.client.scan_iter(match=pattern, count=1000):
         text = key.decode() if isinstance(key, bytes) else key
         kind = text.split("}:", 1)[-1]
         sessions += kind.startswith("s:")
@@ -255,6 +301,14 @@ def _serve() -> int:
     return 0
 
 
+def _error(args: argparse.Namespace, message: str) -> None:
+    """An error for people: no password, no control characters."""
+    password = urlsplit(args.redis_url).password
+    if password:
+        message = message.replace(password, "***")
+    print(f"sessionkit: error: {_printable(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "server":
@@ -268,13 +322,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ValidationError as exc:
-        print(f"sessionkit: error: {exc.message}", file=sys.stderr)
+        _error(args, exc.message)
         return EXIT_INPUT
     except BackendUnavailable as exc:
-        print(f"sessionkit: error: cannot reach {args.redis_url}: {exc.message}", file=sys.stderr)
+        _error(args, f"cannot reach {_safe_url(args.redis_url)}: {exc.message}")
         return EXIT_UNREACHABLE
     except SessionKitError as exc:
-        print(f"sessionkit: error: {exc.message}", file=sys.stderr)
+        _error(args, exc.message)
         return 1
     print(json.dumps(data) if args.json else text)
     return 0

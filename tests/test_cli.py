@@ -101,6 +101,42 @@ def test_a_dead_server_is_reported_plainly() -> None:
 
 
 @pytest.mark.server
+def test_a_password_in_the_url_is_never_printed() -> None:
+    port = free_port()
+    out = cli(f"redis://admin:hunter2@127.0.0.1:{port}", "sessions", "list", "someone")
+    assert out.returncode == 4 and "hunter2" not in out.stderr + out.stdout
+    assert f"cannot reach redis://admin:***@127.0.0.1:{port}" in out.stderr
+
+
+async def test_global_options_may_follow_the_subcommand(
+    store: SessionStore, target: str, prefix: str
+) -> None:
+    s = await store.create("late")
+    out = cli(target, "sessions", "list", "late", "--prefix", prefix, "--json")
+    assert out.returncode == 0, out.stderr
+    assert [r["id"] for r in json.loads(out.stdout)] == [s.id]
+
+
+async def test_control_characters_reach_the_terminal_escaped(
+    store: SessionStore, target: str, prefix: str
+) -> None:
+    await store.create("esc", ["\x1b[2J\x1b[31mred", "c1\x9bx"])
+    out = cli(target, "--prefix", prefix, "sessions", "list", "esc")
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x9b" not in out.stdout
+    assert "\\x1b[2J\\x1b[31mred" in out.stdout and "c1\\x9bx" in out.stdout
+
+
+async def test_a_prefix_is_matched_literally_not_as_a_pattern(
+    store: SessionStore, target: str, prefix: str
+) -> None:
+    await store.create("someone")  # under `prefix`
+    pattern_like = prefix[:-1] + "?"  # as a SCAN pattern it would match `prefix`
+    stats = json.loads(cli(target, "--prefix", pattern_like, "--json", "stats").stdout)
+    assert stats["sessions"] == 0
+
+
+@pytest.mark.server
 def test_server_command_prints_its_url_and_serves() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "sessionkit.cli", "server"],
