@@ -57,7 +57,9 @@ def starlette_app(store: SessionStore, **options: Any) -> Starlette:
 
     @require_session
     async def private(request: Request) -> JSONResponse:
-        return JSONResponse({"user": request.scope["session"].user_id})
+        session = get_session(request)
+        assert session is not None  # require_session let the request through
+        return JSONResponse({"user": session.user_id})
 
     @require_groups("admin", "root")
     async def admin(request: Request) -> JSONResponse:
@@ -298,3 +300,35 @@ async def test_litestar_app_gets_the_session(store: SessionStore) -> None:
         assert r.json() == {"user": "lit", "groups": ["g"]}
         http.cookies.set("sessionkit", s.token or "")
         assert (await http.get("/whoami")).json()["user"] == "lit"
+
+
+@pytest.mark.parametrize("ours", ["outside", "inside"])
+async def test_starlettes_cookie_session_works_beside_ours(store: SessionStore, ours: str) -> None:
+    """OAuth clients keep their state in Starlette's `request.session`
+    (``scope["session"]``); sessionkit keeps to ``scope["sessionkit"]``."""
+    from starlette.middleware.sessions import SessionMiddleware as CookieSessions
+
+    async def login(request: Request) -> JSONResponse:
+        request.session["oauth_state"] = "xyz"
+        s = await sign_in(request, "olga", ["member"])
+        return JSONResponse({"token": s.token, "state": request.session["oauth_state"]})
+
+    async def me(request: Request) -> JSONResponse:
+        s = get_session(request)
+        return JSONResponse(
+            {"user": s.user_id if s else None, "state": request.session.get("oauth_state")}
+        )
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"]), Route("/me", me)])
+    layers: list[tuple[Any, dict[str, Any]]] = [
+        (CookieSessions, {"secret_key": "not-a-secret"}),
+        (SessionMiddleware, {"store": store}),
+    ]
+    for layer, options in layers if ours == "outside" else layers[::-1]:
+        app.add_middleware(layer, **options)  # the last one added is the outermost
+    async with client_for(app) as client:
+        r = await client.post("/login")
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "xyz" and r.json()["token"]
+        shown = (await client.get("/me")).json()
+        assert shown == {"user": "olga", "state": "xyz"}

@@ -53,11 +53,9 @@ def _user_agent(scope: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _set(state: SessionState, scope: Any, session: Session | None) -> None:
+def _set(state: SessionState, session: Session | None) -> None:
     state.session = session
     state.token = session.token if session else None
-    if isinstance(scope, dict) or hasattr(scope, "__setitem__"):
-        scope["session"] = session
 
 
 async def sign_in(
@@ -76,7 +74,7 @@ async def sign_in(
     if state.session is not None and state.token:
         await store.delete(state.session.user_id, state.token)
     session = await store.create(user_id, access_groups, user_agent=_user_agent(scope), data=data)
-    _set(state, scope, session)
+    _set(state, session)
     absolute = session.created_at.timestamp() + store.lifetime_ms / 1000
     state.cookie = state.middleware.set_cookie(session.token or "", absolute)
     return session
@@ -88,7 +86,7 @@ async def sign_out(request: Any) -> bool:
     done = False
     if state.session is not None and state.token:
         done = await state.store.delete(state.session.user_id, state.token)
-    _set(state, _scope(request), None)
+    _set(state, None)
     state.cookie = state.middleware.clear_cookie()
     return done
 
@@ -107,7 +105,7 @@ async def sign_out_everywhere(request: Any) -> int:
     if state.session is None:
         return 0
     n = await state.store.delete_all(state.session.user_id)
-    _set(state, _scope(request), None)
+    _set(state, None)
     state.cookie = state.middleware.clear_cookie()
     return n
 

@@ -38,9 +38,12 @@ class SessionMiddleware:
 
     The token comes from the ``header_name`` request header (the platform's
     ``Session`` header) or, failing that, from the ``cookie_name`` cookie. It
-    is resolved with one `SessionStore.resolve`; the session (or None) is in
-    ``scope["session"]``. No token, or a dead one, means no session, never an
-    error. A request that changes nothing writes nothing and sets no cookie.
+    is resolved with one `SessionStore.resolve`; `get_session(request)` gives
+    the session (or None). The middleware writes only ``scope["sessionkit"]``:
+    ``scope["session"]`` is Starlette's cookie-session dict, which other
+    middleware (OAuth clients) may need beside this one. No token, or a dead
+    one, means no session, never an error. A request that changes nothing
+    writes nothing and sets no cookie.
     """
 
     def __init__(
@@ -72,7 +75,6 @@ class SessionMiddleware:
         session = await self.store.resolve(token) if token else None
         state = SessionState(self, token, session)
         scope[SCOPE_KEY] = state
-        scope["session"] = session
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start" and state.cookie is not None:
