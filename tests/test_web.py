@@ -332,3 +332,33 @@ async def test_starlettes_cookie_session_works_beside_ours(store: SessionStore, 
         assert r.json()["state"] == "xyz" and r.json()["token"]
         shown = (await client.get("/me")).json()
         assert shown == {"user": "olga", "state": "xyz"}
+
+
+@pytest.mark.usefixtures("drops_connections")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_dead_session_server_is_a_503_answer_not_a_crash() -> None:
+    """The platform's client reads a JSON body on every answer: a bare 500
+    would leave its promise hanging."""
+    from sessionkit.server import EmbeddedServer
+
+    server = EmbeddedServer()
+    server.start()
+    store = SessionStore.from_url(server.url, socket_timeout=0.5, retries=0)
+    try:
+        async with client_for(starlette_app(store)) as client:
+            token = (await client.post("/login", json={"user": "pat"})).json()["token"]
+            server.kill()
+            for method, path, headers in [
+                ("GET", "/private", {"Session": token}),  # the middleware's resolve
+                ("POST", "/login", {}),  # a helper's create, no token
+                ("GET", "/_api/rest/v1/auth/sessions", {"Session": token}),
+            ]:
+                r = await client.request(method, path, headers=headers, json={"user": "pat"})
+                assert r.status_code == 503, (path, r.text)
+                assert r.headers["retry-after"] == "1"
+                [entry] = r.json()["errors"]
+                assert (entry["origin"], entry["code"]) == ("server", "backend_unavailable")
+                assert str(server.port) not in r.text and "127.0.0.1" not in r.text
+    finally:
+        await store.aclose()
+        server.stop()

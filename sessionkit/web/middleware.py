@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any, Literal
 
+from starlette.responses import JSONResponse
+
+from sessionkit.errors import BackendUnavailable
 from sessionkit.model import Session
 from sessionkit.store import SessionStore
 from sessionkit.web.errors import AccessDenied
@@ -72,7 +75,11 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         token = self._token(scope)
-        session = await self.store.resolve(token) if token else None
+        try:
+            session = await self.store.resolve(token) if token else None
+        except BackendUnavailable as exc:
+            await _unavailable(exc, scope, receive, send)
+            return
         state = SessionState(self, token, session)
         scope[SCOPE_KEY] = state
 
@@ -96,6 +103,10 @@ class SessionMiddleware:
             if started or scope["type"] != "http":
                 raise
             await denied.response()(scope, receive, send_with_cookie)
+        except BackendUnavailable as exc:  # a helper, a guard or a route's store call
+            if started:
+                raise
+            await _unavailable(exc, scope, receive, send)
 
     def _token(self, scope: Scope) -> str | None:
         cookie_header: bytes | None = None
@@ -140,3 +151,19 @@ class SessionMiddleware:
         if self.secure or self.same_site == "none":
             attrs.append("Secure")
         return "; ".join(attrs)
+
+
+async def _unavailable(exc: BackendUnavailable, scope: Scope, receive: Receive, send: Send) -> None:
+    """The session server is down or too slow: an answer, not a crash. 503
+    in the platform's error shape, with a message that names no host, port
+    or password; a websocket is closed with 1011 (server error)."""
+    if scope["type"] != "http":
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    entry = {
+        "origin": "server",
+        "code": exc.code,
+        "message": "the session server is unavailable; try again shortly",
+    }
+    response = JSONResponse({"errors": [entry]}, status_code=503, headers={"Retry-After": "1"})
+    await response(scope, receive, send)
