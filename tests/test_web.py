@@ -3,6 +3,7 @@ the real embedded server."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -141,7 +142,7 @@ async def test_sign_in_sets_a_safe_cookie_and_the_token_works_from_header_or_coo
         token = r.json()["token"]
         cookie = r.headers["set-cookie"]
         attrs = [a.strip() for a in cookie.split(";")]
-        assert attrs[0] == f"sessionkit={token}"
+        assert attrs[0] == f"__Host-sessionkit={token}"  # Secure, Path=/, no Domain
         assert {"HttpOnly", "SameSite=Lax", "Secure", "Path=/"} <= set(attrs)
         max_age = int(next(a for a in attrs if a.startswith("Max-Age=")).split("=")[1])
         assert 14 * 86400 - 5 <= max_age <= 14 * 86400
@@ -161,13 +162,14 @@ async def test_plain_http_apps_get_cookies_without_secure(store: SessionStore) -
     async with client_for(starlette_app(store, secure=False), "http://testserver") as http:
         r = await http.post("/login", json={"user": "alice"})
         assert "Secure" not in r.headers["set-cookie"]
+        assert r.headers["set-cookie"].startswith("sessionkit=")  # __Host- needs Secure
         assert (await http.get("/private")).status_code == 200
 
 
 async def test_sign_in_always_issues_a_new_token_and_revokes_the_old(store: SessionStore) -> None:
     planted = await store.create("victim")
     async with client_for(starlette_app(store)) as http:
-        http.cookies.set("sessionkit", planted.token or "")
+        http.cookies.set("__Host-sessionkit", planted.token or "")
         r = await http.post("/login", json={"user": "victim"})
         new = r.json()["token"]
         assert new != planted.token
@@ -298,7 +300,7 @@ async def test_litestar_app_gets_the_session(store: SessionStore) -> None:
         assert (await http.get("/whoami")).json() == {"user": None, "groups": []}
         r = await http.get("/whoami", headers={"Session": s.token or ""})
         assert r.json() == {"user": "lit", "groups": ["g"]}
-        http.cookies.set("sessionkit", s.token or "")
+        http.cookies.set("__Host-sessionkit", s.token or "")
         assert (await http.get("/whoami")).json()["user"] == "lit"
 
 
@@ -362,3 +364,39 @@ async def test_a_dead_session_server_is_a_503_answer_not_a_crash() -> None:
     finally:
         await store.aclose()
         server.stop()
+
+
+def _cookie_scope(*cookie_headers: bytes) -> dict[str, Any]:
+    return {"type": "http", "headers": [(b"cookie", h) for h in cookie_headers]}
+
+
+def test_the_cookie_is_found_in_any_cookie_header_and_past_malformed_ones(
+    store: SessionStore,
+) -> None:
+    mw = SessionMiddleware(starlette_app(store), store, secure=False)
+    token = b"A" * 46
+    assert mw._token(_cookie_scope(b"theme=dark", b"sessionkit=" + token)) == token.decode()
+    assert mw._token(_cookie_scope(b'bad"cookie; x=\\"\\; sessionkit=' + token)) == token.decode()
+    # Ours twice (e.g. one planted by a sibling subdomain): no session at all.
+    assert mw._token(_cookie_scope(b"sessionkit=" + token, b"sessionkit=" + b"B" * 46)) is None
+    assert mw._token(_cookie_scope(b"sessionkit=" + token + b"; sessionkit=x")) is None
+    assert mw._token(_cookie_scope(b"other_sessionkit=" + token)) is None
+
+
+def test_cookie_parsing_is_linear_in_the_header_size(store: SessionStore) -> None:
+    """A hostile Cookie header (the shape that made http.cookies quadratic,
+    CVE-2024-7592): 8x the size costs at most about 8x the time."""
+    mw = SessionMiddleware(starlette_app(store), store)
+
+    def cost(size: int) -> float:
+        header = b'a="' + b"\\" * size + b'"; __Host-sessionkit=' + b"A" * 46
+        scope = _cookie_scope(header)
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(20):
+                assert mw._token(scope) == "A" * 46
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    assert cost(64 * 1024) <= 8 * cost(8 * 1024)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from typing import Any, Literal
 
 from starlette.responses import JSONResponse
@@ -55,7 +54,7 @@ class SessionMiddleware:
         store: SessionStore,
         *,
         header_name: str = "Session",
-        cookie_name: str = "sessionkit",
+        cookie_name: str | None = None,
         secure: bool = True,
         same_site: SameSite = "lax",
         cookie_path: str = "/",
@@ -64,7 +63,13 @@ class SessionMiddleware:
         self.app = app
         self.store = store
         self.header = header_name.lower().encode("latin-1")
+        if cookie_name is None:
+            # A __Host- cookie is refused by browsers unless it is Secure,
+            # for Path=/ and without Domain: no sibling subdomain can set it.
+            host_only = secure and cookie_domain is None and cookie_path == "/"
+            cookie_name = "__Host-sessionkit" if host_only else "sessionkit"
         self.cookie_name = cookie_name
+        self._cookie_key = cookie_name.encode("latin-1")
         self.secure = secure
         self.same_site = same_site
         self.cookie_path = cookie_path
@@ -109,24 +114,22 @@ class SessionMiddleware:
             await _unavailable(exc, scope, receive, send)
 
     def _token(self, scope: Scope) -> str | None:
-        cookie_header: bytes | None = None
+        """The token from the header, else from the cookie. Cookies are read
+        by a small linear parser over every Cookie header (tokens are
+        base64url: nothing to unquote); a malformed cookie of someone else's
+        does not hide ours, and ours sent twice (a sibling subdomain may
+        plant one) is no session: which one is meant cannot be known."""
+        found: list[bytes] = []
         for name, raw in scope.get("headers", []):
             if name == self.header:
                 text: str = raw.decode("latin-1").strip()
                 if text:
                     return text
             elif name == b"cookie":
-                cookie_header = raw
-        if cookie_header is None:
+                found += _cookie_values(raw, self._cookie_key)
+        if len(found) != 1:
             return None
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(cookie_header.decode("latin-1"))
-        except Exception:  # a malformed Cookie header is no session, not an error
-            return None
-        morsel = jar.get(self.cookie_name)
-        found: str | None = morsel.value if morsel is not None else None
-        return found or None
+        return found[0].decode("latin-1") or None
 
     def set_cookie(self, token: str, expires_at: float) -> str:
         """The Set-Cookie value for a session token valid until `expires_at`."""
@@ -167,3 +170,20 @@ async def _unavailable(exc: BackendUnavailable, scope: Scope, receive: Receive, 
     }
     response = JSONResponse({"errors": [entry]}, status_code=503, headers={"Retry-After": "1"})
     await response(scope, receive, send)
+
+
+def _cookie_values(header: bytes, key: bytes) -> list[bytes]:
+    """The values of cookie `key` in one Cookie header, in one pass: only
+    each pair's name is looked at (a name much longer than `key` is skipped
+    uncopied), so a hostile header costs time in proportion to its size."""
+    out: list[bytes] = []
+    i, end = 0, len(header)
+    while i < end:
+        j = header.find(b";", i)
+        if j < 0:
+            j = end
+        eq = header.find(b"=", i, j)
+        if 0 <= eq - i <= len(key) + 8 and header[i:eq].strip() == key:
+            out.append(header[eq + 1 : j].strip())
+        i = j + 1
+    return out
