@@ -375,12 +375,14 @@ def test_the_cookie_is_found_in_any_cookie_header_and_past_malformed_ones(
 ) -> None:
     mw = SessionMiddleware(starlette_app(store), store, secure=False)
     token = b"A" * 46
-    assert mw._token(_cookie_scope(b"theme=dark", b"sessionkit=" + token)) == token.decode()
-    assert mw._token(_cookie_scope(b'bad"cookie; x=\\"\\; sessionkit=' + token)) == token.decode()
+    found = (token.decode(), True)
+    assert mw._token(_cookie_scope(b"theme=dark", b"sessionkit=" + token)) == found
+    assert mw._token(_cookie_scope(b'bad"cookie; x=\\"\\; sessionkit=' + token)) == found
     # Ours twice (e.g. one planted by a sibling subdomain): no session at all.
-    assert mw._token(_cookie_scope(b"sessionkit=" + token, b"sessionkit=" + b"B" * 46)) is None
-    assert mw._token(_cookie_scope(b"sessionkit=" + token + b"; sessionkit=x")) is None
-    assert mw._token(_cookie_scope(b"other_sessionkit=" + token)) is None
+    none = (None, False)
+    assert mw._token(_cookie_scope(b"sessionkit=" + token, b"sessionkit=" + b"B" * 46)) == none
+    assert mw._token(_cookie_scope(b"sessionkit=" + token + b"; sessionkit=x")) == none
+    assert mw._token(_cookie_scope(b"other_sessionkit=" + token)) == none
 
 
 def test_cookie_parsing_is_linear_in_the_header_size(store: SessionStore) -> None:
@@ -395,8 +397,53 @@ def test_cookie_parsing_is_linear_in_the_header_size(store: SessionStore) -> Non
         for _ in range(5):
             started = time.perf_counter()
             for _ in range(20):
-                assert mw._token(scope) == "A" * 46
+                assert mw._token(scope) == ("A" * 46, True)
             best = min(best, time.perf_counter() - started)
         return best
 
     assert cost(64 * 1024) <= 8 * cost(8 * 1024)
+
+
+async def test_a_cross_site_write_does_not_get_the_cookie_session(store: SessionStore) -> None:
+    """SameSite=Lax is not the only defence: an unsafe request that a
+    browser marks as cross-site, or whose Origin is foreign, gets no session
+    from the cookie; the platform's routes say why."""
+    app = starlette_app(store, trusted_origins=["https://admin.example"])
+    async with client_for(app) as http:
+        token = (await http.post("/login", json={"user": "cara"})).json()["token"]
+        signout = "/_api/rest/v1/auth/signout"
+        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Origin": "null"}):  # fmt: skip
+            r = await http.post("/logout-all", headers=headers)
+            assert r.json() == {"n": 0}  # no session: nothing signed out
+            r = await http.post(signout, headers=headers)
+            assert (r.status_code, r.json()["errors"][0]["code"]) == (403, "csrf_rejected")
+            assert await store.resolve(token) is not None
+        # Safe methods, the app's own origin, a trusted origin: as before.
+        assert (await http.get("/private", headers={"Origin": "https://evil.example"})).json() == {
+            "user": "cara"
+        }
+        for origin in ("https://testserver", "https://admin.example"):
+            ok = await http.post("/logout-others", headers={"Origin": origin})
+            assert ok.status_code == 200 and ok.json() == {"n": 0}
+    # A request that carries the token in the Session header (the platform's
+    # client) is no cookie-riding request: unaffected.
+    async with client_for(app) as api:
+        r = await api.post("/logout-all", headers={"Session": token, "Origin": "https://x.example"})
+        assert r.json() == {"n": 1}
+
+
+async def test_signout_bodies_must_be_json(store: SessionStore) -> None:
+    """A cross-site form can post text/plain without asking first; JSON it cannot."""
+    s = await store.create("dot")
+    async with client_for(starlette_app(store)) as api:
+        headers = {"Session": s.token or "", "Content-Type": "text/plain"}
+        r = await api.post(
+            "/_api/rest/v1/auth/signout", content=b'{"token": null}', headers=headers
+        )
+        assert r.status_code == 415 and r.json()["errors"][0]["code"] == "unsupported_media_type"
+        assert await store.resolve(s.token or "") is not None
+        r = await api.post(
+            "/_api/rest/v1/auth/signout", json={}, headers={"Session": s.token or ""}
+        )
+        assert r.status_code == 200 and await store.resolve(s.token or "") is None

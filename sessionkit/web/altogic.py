@@ -39,6 +39,10 @@ def _with_session(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """An endpoint that answers 401 in the platform's shape without a live session."""
 
     async def endpoint(request: Request) -> Response:
+        if session_state(request).csrf_rejected:
+            return AccessDenied(
+                403, "csrf_rejected", "a cross-site request may not use the session cookie"
+            ).response()
         try:
             current = require_session.check(request)
         except AccessDenied as denied:
@@ -64,6 +68,11 @@ async def _signout(request: Request, current: Session) -> Response:
     body: Any = {}
     raw = await request.body()
     if raw.strip():
+        # A cross-site form can post text/plain without a preflight; JSON it cannot.
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return AccessDenied(
+                415, "unsupported_media_type", "the body must be application/json"
+            ).response()
         try:
             body = await request.json()
         except ValueError:

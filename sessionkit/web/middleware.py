@@ -4,6 +4,7 @@ round trip, and writes cookies only when a helper changed the session."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from sessionkit.web.errors import AccessDenied
 from sessionkit.web.types import ASGIApp, Message, Receive, Scope, Send
 
 SameSite = Literal["lax", "strict", "none"]
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 SCOPE_KEY = "sessionkit"
 
 
@@ -28,6 +30,9 @@ class SessionState:
     session: Session | None
     #: A Set-Cookie header value to add to the response, set by the helpers.
     cookie: str | None = None
+    #: The request came cross-site with our cookie on an unsafe method: its
+    #: token was not used (the platform routes answer 403 csrf_rejected).
+    csrf_rejected: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,6 +64,7 @@ class SessionMiddleware:
         same_site: SameSite = "lax",
         cookie_path: str = "/",
         cookie_domain: str | None = None,
+        trusted_origins: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.store = store
@@ -74,18 +80,22 @@ class SessionMiddleware:
         self.same_site = same_site
         self.cookie_path = cookie_path
         self.cookie_domain = cookie_domain
+        self.trusted_origins = frozenset(o.rstrip("/").lower() for o in trusted_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        token = self._token(scope)
+        token, from_cookie = self._token(scope)
+        csrf = from_cookie and scope["type"] == "http" and self._cross_site_write(scope)
+        if csrf:
+            token = None  # a browser sent our cookie along with another site's request
         try:
             session = await self.store.resolve(token) if token else None
         except BackendUnavailable as exc:
             await _unavailable(exc, scope, receive, send)
             return
-        state = SessionState(self, token, session)
+        state = SessionState(self, token, session, csrf_rejected=csrf)
         scope[SCOPE_KEY] = state
 
         async def send_with_cookie(message: Message) -> None:
@@ -113,7 +123,32 @@ class SessionMiddleware:
                 raise
             await _unavailable(exc, scope, receive, send)
 
-    def _token(self, scope: Scope) -> str | None:
+    def _cross_site_write(self, scope: Scope) -> bool:
+        """An unsafe request another site made the browser send: the
+        browser says so (``Sec-Fetch-Site: cross-site``), or its ``Origin``
+        is neither this one nor trusted. A request with neither header (an
+        older browser, a non-browser client) is let through: ``SameSite``
+        covers browsers that send no ``Origin``."""
+        if scope.get("method", "GET") in _SAFE_METHODS:
+            return False
+        fetch_site: bytes | None = None
+        origin: str | None = None
+        host: str | None = None
+        for name, raw in scope.get("headers", []):
+            if name == b"sec-fetch-site":
+                fetch_site = raw
+            elif name == b"origin":
+                origin = raw.decode("latin-1").strip().rstrip("/").lower()
+            elif name == b"host":
+                host = raw.decode("latin-1").strip().lower()
+        if fetch_site == b"cross-site":
+            return True
+        if origin is None or origin in self.trusted_origins:
+            return False
+        own = f"{scope.get('scheme', 'http')}://{host}"
+        return origin != own
+
+    def _token(self, scope: Scope) -> tuple[str | None, bool]:
         """The token from the header, else from the cookie. Cookies are read
         by a small linear parser over every Cookie header (tokens are
         base64url: nothing to unquote); a malformed cookie of someone else's
@@ -124,12 +159,12 @@ class SessionMiddleware:
             if name == self.header:
                 text: str = raw.decode("latin-1").strip()
                 if text:
-                    return text
+                    return text, False
             elif name == b"cookie":
                 found += _cookie_values(raw, self._cookie_key)
-        if len(found) != 1:
-            return None
-        return found[0].decode("latin-1") or None
+        if len(found) != 1 or not found[0]:
+            return None, False
+        return found[0].decode("latin-1"), True
 
     def set_cookie(self, token: str, expires_at: float) -> str:
         """The Set-Cookie value for a session token valid until `expires_at`."""
