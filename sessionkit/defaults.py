@@ -67,3 +67,6 @@ POOL_TIMEOUT: Final = 10.0
 #: process that loads it.
 MAX_FLOW_NODES: Final = 1000
 MAX_EXPRESSION_BYTES: Final = 4096
+#: How deep CEL comprehensions (map, filter, all, exists) may nest in one
+#: expression: each level multiplies its cost.
+MAX_COMPREHENSION_DEPTH: Final = 2

@@ -18,7 +18,7 @@ from typing import Any
 
 import cel
 
-from sessionkit.defaults import MAX_EXPRESSION_BYTES
+from sessionkit.defaults import MAX_COMPREHENSION_DEPTH, MAX_EXPRESSION_BYTES
 from sessionkit.errors import SessionKitError, ValidationError
 
 
@@ -38,6 +38,45 @@ class ExpressionError(ValidationError):
     """A parameter expression does not compile, or fails on the given inputs."""
 
     code = "expression_error"
+
+
+_MACROS = frozenset({"map", "filter", "all", "exists", "exists_one"})
+
+
+def _comprehension_depth(source: str) -> int:
+    """How deep CEL's comprehension macros nest in `source` (string literals
+    skipped): each level multiplies the work, so depth is what bounds an
+    expression's cost, not its length."""
+    open_calls: list[bool] = []  # per open parenthesis: is it a macro's call
+    deepest = depth = 0
+    i, n = 0, len(source)
+    while i < n:
+        c = source[i]
+        if c in "'\"":
+            quote = source[i : i + 3] if source[i : i + 3] in ("'''", '"""') else c
+            i += len(quote)
+            while i < n and not source.startswith(quote, i):
+                i += 2 if source[i] == "\\" else 1
+            i += len(quote)
+            continue
+        if c == "(":
+            end = i
+            while end > 0 and source[end - 1].isspace():
+                end -= 1
+            start = end
+            while start > 0 and (source[start - 1].isalnum() or source[start - 1] == "_"):
+                start -= 1
+            dot = start - 1
+            while dot >= 0 and source[dot].isspace():
+                dot -= 1
+            macro = source[start:end] in _MACROS and dot >= 0 and source[dot] == "."
+            open_calls.append(macro)
+            depth += macro
+            deepest = max(deepest, depth)
+        elif c == ")" and open_calls:
+            depth -= open_calls.pop()
+        i += 1
+    return deepest
 
 
 class Parameter:
@@ -61,6 +100,13 @@ class Parameter:
                     f"parameter {name}: the expression is {size} bytes long; at most "
                     f"{MAX_EXPRESSION_BYTES} are allowed",
                     details={"parameter": name, "bytes": size},
+                )
+            depth = _comprehension_depth(value)
+            if depth > MAX_COMPREHENSION_DEPTH:
+                raise ExpressionError(
+                    f"parameter {name}: comprehensions (map, filter, all, exists, exists_one) "
+                    f"are nested {depth} deep; at most {MAX_COMPREHENSION_DEPTH} are allowed",
+                    details={"parameter": name, "depth": depth},
                 )
             try:
                 self._program = cel.compile(value)

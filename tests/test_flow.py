@@ -254,3 +254,30 @@ def test_an_expression_over_4_kib_is_refused_at_build(store: SessionStore) -> No
     with pytest.raises(FlowDefinitionError, match="at most 4096") as info:
         Flow.from_dict(long, store)
     assert info.value.details["parameter"] == "user_id"
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "[1, 2].map(x, [1, 2].map(y, [1, 2].map(z, x * y * z)))",
+        "inputObject.ids.exists (i, inputObject.ids.all(j, inputObject.ids .filter(k, k > i)))",
+    ],
+)
+def test_comprehensions_nested_three_deep_are_refused_at_build(
+    store: SessionStore, expression: str
+) -> None:
+    """Each level of map/filter/all/exists multiplies the work (a 190-character
+    expression nested deeper ran for 14 s holding the GIL)."""
+    deep = _defn([{"id": "n", **GET_ALL, "params": {"user_id": expression}}])
+    with pytest.raises(FlowDefinitionError, match="nested 3 deep; at most 2"):
+        Flow.from_dict(deep, store)
+
+
+async def test_two_levels_of_comprehension_and_macro_names_in_strings_are_fine(
+    store: SessionStore,
+) -> None:
+    await store.create("u2")
+    expression = "'.map(.map(.map(' == '' ? 'x' : [['u']].map(a, a.map(b, b + '2'))[0][0]"
+    flow = Flow.from_dict(_defn([{"id": "n", **GET_ALL, "params": {"user_id": expression}}]), store)
+    result = await flow.run({"inputObject": {}})
+    assert [s["userId"] for s in result.outputs["n.sessions"]] == ["u2"]
