@@ -92,8 +92,10 @@ class SessionStore:
     fakeredis async client; the store does not close a client it was given.
     `lifetime` is the absolute lifetime of a session and `idle_timeout` the
     optional sliding timeout (seconds or `timedelta`); `max_sessions_per_user`
-    makes a create evict the user's oldest sessions; `touch_interval` bounds
-    how often reads rewrite last-active time when there is no idle timeout.
+    (1 to 10,000, default 100) caps what one user's whole-user calls cost
+    everybody else: a create at the cap evicts the user's oldest sessions;
+    `touch_interval` bounds how often reads rewrite last-active time when
+    there is no idle timeout.
     With `events` (the default), every change also appends an event to a
     Redis Stream in the same script (see `sessionkit.events`); each bucket's
     stream keeps about `events_maxlen` events. `metrics` (True for
