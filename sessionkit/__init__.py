@@ -4,7 +4,13 @@ One atomic Lua round trip per operation, every key of a user in one Redis
 Cluster hash slot, tokens never stored in the clear.
 """
 
-from sessionkit.errors import BackendError, BackendUnavailable, SessionKitError, ValidationError
+from sessionkit.errors import (
+    BackendError,
+    BackendUnavailable,
+    LimitExceeded,
+    SessionKitError,
+    ValidationError,
+)
 from sessionkit.model import Session
 from sessionkit.store import SessionStore
 from sessionkit.useragent import UserAgent
@@ -12,6 +18,7 @@ from sessionkit.useragent import UserAgent
 __all__ = [
     "BackendError",
     "BackendUnavailable",
+    "LimitExceeded",
     "Session",
     "SessionKitError",
     "SessionStore",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sessionkit import SessionStore, ValidationError
+from sessionkit import LimitExceeded, SessionStore, ValidationError
 from sessionkit.defaults import (
     EVENT_BYTES,
     MAX_GROUPS_JSON_BYTES,
@@ -19,7 +19,6 @@ from sessionkit.defaults import (
     MAX_SESSIONS_PER_USER,
     MAX_SESSIONS_PER_USER_LIMIT,
 )
-from sessionkit.errors import LimitExceeded
 from sessionkit.events import EventConsumer
 from sessionkit.nodes import AddAccessGroupToUserSession
 from tests.conftest import Backend, StoreFactory, drain, stream_of
