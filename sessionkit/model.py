@@ -138,8 +138,8 @@ def unpack_listing(reply: list[bytes | str]) -> Iterator[tuple[str, bytes, bytes
         i = 0
         for value in values:
             sid = rest[i : i + SESSION_ID_CHARS].decode("ascii")
-            start = j = i + SESSION_ID_CHARS + 1
-            j += 1
+            start = i + SESSION_ID_CHARS + 1  # the entry's leading NUL
+            j = start + 1
             while j < len(rest) and rest[j] != 0:
                 j = rest.index(b"\0", j) + 1
             yield sid, value, rest[start:j]

@@ -24,11 +24,13 @@
 --          whatever the number of sessions: it never touches their values.
 -- Every script that adds or removes a session changes all three.
 
-local LAYOUT = '\1'
 local LAYOUT_BYTE = 1
+local LAYOUT = string.char(LAYOUT_BYTE)
 local EXPIRES_AT, LAST_ACTIVE_AT = 18, 31
 local DIGEST_FROM, DIGEST_TO = 44, 65
-local BATCH = 1000  -- keys or fields per MGET / HMGET / DEL / ZREM: bounds Lua's stack
+-- Items per MGET / DEL / ZREM / HSET call: bounds Lua's stack. Even, so
+-- the field-value pairs of a batched HSET are never split.
+local BATCH = 1000
 
 -- Server time as {ms, µs}.
 local function clock()

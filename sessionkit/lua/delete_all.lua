@@ -17,20 +17,16 @@ local members = redis.call('ZRANGE', index, 0, -1)
 -- behind sessionkit's back (by hand, by maxmemory eviction): such a session
 -- is not counted, but the event still names it among the sessions ended
 -- (checking each key first would double the cost of the common case).
-local gone, n, deleted = members, #members, 0
+local gone = members
 if kept then
-  gone, n = {}, 0
+  gone = {}
   for _, id in ipairs(members) do
     if id ~= keep then
-      n = n + 1
-      gone[n] = id
+      gone[#gone + 1] = id
     end
   end
 end
-for i = 1, n, BATCH do
-  local batch = session_keys(key_prefix, gone, i, math.min(i + BATCH - 1, n))
-  deleted = deleted + redis.call('DEL', unpack(batch))
-end
+local deleted = batched('DEL', nil, session_keys(key_prefix, gone))
 redis.call('UNLINK', index, order, groups_key)  -- freed off the main thread
 if kept then
   redis.call('ZADD', index, kept, keep)

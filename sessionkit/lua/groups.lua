@@ -60,8 +60,6 @@ for i = 1, #flat, 2 do
     writes[2 * n - 1], writes[2 * n] = flat[i], new
   end
 end
-for i = 1, #writes, 2 * BATCH do
-  redis.call('HSET', groups_key, unpack(writes, i, math.min(i + 2 * BATCH - 1, #writes)))
-end
+batched('HSET', groups_key, writes)
 emit(stream, ARGV[3], adding and 'groups_added' or 'groups_removed', ARGV[4], changed, ARGV[5])
 return {#changed}
