@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 
 from bench.impls import UA, Impl
 from sessionkit import SessionStore, keys
+from sessionkit._transport import pack_script as pack_evalsha
 from sessionkit.model import encode_body
-from sessionkit.pipeline import pack_evalsha
 from sessionkit.scripts import Scripts
 
 

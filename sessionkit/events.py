@@ -31,7 +31,6 @@ follows the streams without a group (nothing to acknowledge, nothing kept).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -43,7 +42,7 @@ import msgspec
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 
-from sessionkit import keys
+from sessionkit import _transport, keys
 from sessionkit.errors import BackendError, BackendUnavailable, SessionKitError, ValidationError
 from sessionkit.scripts import Scripts
 from sessionkit.store import SessionStore
@@ -53,8 +52,15 @@ EventType = Literal[
 ]
 EVENT_TYPES: Final = frozenset(EventType.__args__)  # type: ignore[attr-defined]
 
-_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, OSError)
 _MAX_NAME = 200
+
+#: How long a read may take beyond the time it asks the server to wait.
+_ANSWER_WITHIN: Final = 5.0
+
+
+def _key(command: tuple[Any, ...]) -> str:
+    """The stream a command is about (what routes it on a cluster)."""
+    return str(command[2] if command[0] in ("XINFO", "XGROUP") else command[1])
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -180,42 +186,17 @@ class _Streams:
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
+        self.transport = store.transport
         self.client = store.client
         self.cluster = isinstance(self.client, RedisCluster)
         self.names = keys.event_streams(store.prefix)
 
     async def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Send commands in one pipeline (per node, on a cluster); each reply
-        or the error it got, in order. Every command sent this way is safe to
-        repeat, so the pipeline is sent again after a broken connection, a
-        slot move or a client fault."""
-        attempt = 0
-        while True:
-            try:
-                await self.ready()
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    replies = list(await pipe.execute(raise_on_error=False))
-                failed = next((r for r in replies if _transient_reply(r)), None)
-                if failed is None:
-                    return replies
-                raise failed
-            except Exception as exc:
-                if attempt >= self.store.retries + _MORE_TRIES:
-                    if isinstance(exc, _UNAVAILABLE):
-                        raise _unreachable(exc) from exc
-                    if isinstance(exc, rx.ResponseError):
-                        raise BackendError(
-                            f"the session server refused an events command: {exc}",
-                            details={"operation": "events"},
-                        ) from exc
-                    raise _client_fault(exc) from exc
-                if isinstance(exc, rx.ResponseError) and isinstance(self.client, RedisCluster):
-                    with contextlib.suppress(Exception):
-                        await self.client.nodes_manager.initialize()
-            attempt += 1
-            await anyio.sleep(0.1 * attempt)
+        """Send commands at once (one batch per node); each reply, or the error
+        it got (see `Transport.commands`). Every command sent this way is
+        safe to repeat: the transport repeats it after a broken connection
+        or a slot move."""
+        return await self.transport.commands("events", [(_key(c), c) for c in commands])
 
     async def read(
         self,
@@ -237,7 +218,7 @@ class _Streams:
         entries it delivered are pending, unseen, until read again."""
         names = list(ids)
         try:
-            await self.ready()
+            await self.transport.ready()
             if isinstance(self.client, RedisCluster):
                 reply, unread = await self._read_nodes(self.client, ids, group, consumer, count)
                 if skipped is not None:
@@ -249,13 +230,20 @@ class _Streams:
                 head += ("COUNT", count)
                 if block_ms is not None:
                     head += ("BLOCK", block_ms)
-                server: Any = self.client  # redis-py's Redis leaves this untyped
-                reply = await server.execute_command(
-                    *head, "STREAMS", *names, *(ids[n] for n in names)
+                reply = await self.transport.blocking(
+                    "events",
+                    (block_ms or 0) / 1000 + _ANSWER_WITHIN,
+                    *head,
+                    "STREAMS",
+                    *names,
+                    *(ids[n] for n in names),
                 )
-        except _UNAVAILABLE as exc:
-            raise _Transient(_unreachable(exc)) from exc
-        except rx.ResponseError as exc:
+        except BackendUnavailable as exc:
+            raise _Transient(exc) from exc.__cause__
+        except rx.RedisError as exc:  # a cluster node's reply
+            fault = _transport.classify(exc)
+            if fault in (_transport.Fault.BROKEN, _transport.Fault.TIMEOUT):
+                raise _Transient(_transport.error(exc, "events")) from exc
             error = BackendError(
                 f"the session server refused reading events: {exc}",
                 details={"operation": "events"},
@@ -263,12 +251,8 @@ class _Streams:
             if not _moving(str(exc)):
                 raise error from exc
             # Slots moved since the client last looked: reload the topology.
-            if isinstance(self.client, RedisCluster):
-                with contextlib.suppress(Exception):
-                    await self.client.nodes_manager.initialize()
+            await self.transport.reload()
             raise _Transient(error) from exc
-        except Exception as exc:
-            raise _Transient(_client_fault(exc)) from exc
         events = _entries(reply, gone)
         events.sort(key=_entry_key)
         return events
@@ -287,22 +271,14 @@ class _Streams:
             args: list[str | int] = [group, consumer, count]
             for n in names:
                 args += (n, ids[n])
-            try:
-                return await client.execute_command(
-                    "EVALSHA", script.sha, 0, *args, target_nodes=node
-                )
-            except rx.NoScriptError:
-                return await client.execute_command(
-                    "EVAL", script.source, 0, *args, target_nodes=node
-                )
+            return await self.transport.on_node("events", node, script, *args)
 
         entries: list[Any] = []
         todo = list(ids)
         for attempt in range(_SKIP_TRIES):
             if attempt:
                 # Those slots moved: reload the topology, read them on their new node.
-                with contextlib.suppress(Exception):
-                    await client.nodes_manager.initialize()
+                await self.transport.reload()
                 await anyio.sleep(_SKIP_WAIT * (attempt - 1))
             by_node: dict[str, tuple[Any, list[str]]] = {}
             unserved: list[str] = []
@@ -328,11 +304,6 @@ class _Streams:
             if not todo:
                 break
         return entries, todo
-
-    async def ready(self) -> None:
-        """A cluster client must know the slots before reads go to nodes."""
-        if not self.store._cluster_ready:
-            await self.store._initialize_cluster()
 
 
 class _Transient(Exception):
@@ -370,27 +341,6 @@ def _moving(message: str) -> bool:
     return code in _MOVING_CODES or any(p in message for p in _MOVING_PHRASES)
 
 
-def _transient_reply(reply: Any) -> bool:
-    """A pipelined reply that is an error worth sending the pipeline again for."""
-    if isinstance(reply, rx.ResponseError):
-        return _moving(str(reply))
-    return isinstance(reply, Exception)
-
-
-def _client_fault(exc: BaseException) -> BackendError:
-    return BackendError(
-        f"the Redis client failed while handling events: {exc!r}",
-        details={"operation": "events"},
-    )
-
-
-def _unreachable(exc: BaseException) -> BackendUnavailable:
-    return BackendUnavailable(
-        f"the session server is unreachable while handling events: {exc}",
-        details={"operation": "events"},
-    )
-
-
 def _entries(reply: Any, gone: list[tuple[str, str]] | None = None) -> list[Event]:
     """Events out of an XREAD/XREADGROUP reply (a list, or redis-py's RESP3
     map). Pending entries the stream no longer holds (trimmed before they
@@ -417,10 +367,10 @@ def _entries(reply: Any, gone: list[tuple[str, str]] | None = None) -> list[Even
 
 
 def _check(reply: Any, what: str) -> Any:
-    """A pipelined reply, or the typed error it stands for."""
+    """A reply of `_Streams.run`, or the typed error it stands for."""
+    if isinstance(reply, SessionKitError):
+        raise reply
     if isinstance(reply, Exception):
-        if isinstance(reply, _UNAVAILABLE):
-            raise _unreachable(reply) from reply
         raise BackendError(
             f"the session server refused {what}: {reply}", details={"operation": "events"}
         ) from reply

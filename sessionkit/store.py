@@ -4,7 +4,6 @@ script, so each is atomic and costs one round trip."""
 from __future__ import annotations
 
 import builtins
-import contextlib
 import functools
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import timedelta
@@ -12,15 +11,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import anyio
 import msgspec
 import redis.asyncio as aioredis
-from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from sessionkit import keys, validate
+from sessionkit import _transport, keys, validate
 from sessionkit.defaults import (
     EVENTS_MAXLEN,
     LIFETIME,
@@ -32,10 +29,9 @@ from sessionkit.defaults import (
     PREFIX,
     TOUCH_INTERVAL,
 )
-from sessionkit.errors import BackendError, BackendUnavailable, LimitExceeded, ValidationError
+from sessionkit.errors import LimitExceeded, ValidationError
 from sessionkit.model import Session, decode_session, encode_body, unpack_listing
 from sessionkit.observe import Observer
-from sessionkit.pipeline import Pipeliner
 from sessionkit.scripts import Script, Scripts
 
 if TYPE_CHECKING:
@@ -71,20 +67,6 @@ def _observed(
     return wrap
 
 
-#: Broken connections: worth one more try on a fresh connection.
-_RETRYABLE = (rx.ConnectionError, ConnectionError)
-
-_UNAVAILABLE = (
-    rx.ConnectionError,
-    rx.TimeoutError,
-    rx.ClusterDownError,
-    rx.TryAgainError,
-    rx.MasterDownError,
-    OSError,
-    builtins.TimeoutError,
-)
-
-
 class SessionStore:
     """Sessions of many users in one Redis (or Redis Cluster).
 
@@ -102,10 +84,12 @@ class SessionStore:
     prometheus-client's global registry, or a `sessionkit.metrics.
     PrometheusMetrics`) counts and times every call; `tracing` (True for the
     global OpenTelemetry tracer provider, or a provider) makes a span of each.
-    With `pipelining` (the default, on a single-server redis-py client),
-    calls made concurrently by many tasks share one socket write. A call whose
-    connection breaks is retried `retries` times on a fresh one (every script
-    is safe to repeat); a server that does not answer in time is not retried.
+    With `pipelining` (the default, on redis-py clients, one server or a
+    cluster), calls that overlap share one socket write per server; a call
+    made alone goes out at once. A call whose connection breaks is retried
+    `retries` times on a fresh one (every script is safe to repeat); a
+    server that does not answer in time is not retried. Slot moves and
+    failovers on a cluster are followed (see `sessionkit._transport`).
     """
 
     def __init__(
@@ -158,11 +142,7 @@ class SessionStore:
         self._observer = Observer.make(metrics, tracing)
         self.metrics = self._observer.metrics if self._observer else None
         self._owns_client = False
-        # redis-py's RedisCluster can lose connections that are being opened
-        # while its first topology load runs; load it once, before any call.
-        self._cluster_ready = not isinstance(client, RedisCluster)
-        self._pipeliner = Pipeliner(client) if pipelining and Pipeliner.supports(client) else None
-        self._init_lock = anyio.Lock()
+        self.transport = _transport.Transport(client, batching=pipelining, retries=retries)
 
     @classmethod
     def from_url(
@@ -238,10 +218,10 @@ class SessionStore:
         try:
             for script in Scripts.all():
                 await self.client.script_load(script.source)
-        except _UNAVAILABLE as exc:
-            raise BackendUnavailable(f"cannot reach the session server: {exc}") from exc
-        except rx.RedisError as exc:
-            raise BackendError(f"the session server refused to load scripts: {exc}") from exc
+        except Exception as exc:
+            if _transport.classify(exc) is None:
+                raise
+            raise _transport.error(exc, "load_scripts") from exc
 
     # -- operations ---------------------------------------------------------
 
@@ -463,69 +443,8 @@ class SessionStore:
             return (self.events_maxlen, uid)
         return (self.events_maxlen, uid, msgspec.json.encode(groups))
 
-    async def _initialize_cluster(self) -> None:
-        async with self._init_lock:
-            if not self._cluster_ready:
-                assert isinstance(self.client, RedisCluster)
-                await self.client.initialize()
-                self._cluster_ready = True
-
     async def _run(self, script: Script, key_names: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return await self._call(script, key_names, args)
-            except _RETRYABLE as exc:
-                # The connection broke (killed, reset, failed over). Every
-                # script is safe to run again with the same arguments: a
-                # retried create finds the session its first attempt made.
-                if attempt >= self.retries:
-                    raise _unavailable(script, exc) from exc
-                attempt += 1
-                await self._drop_idle_connections()
-                await anyio.sleep(0.05 * attempt)
-            except _UNAVAILABLE as exc:
-                raise _unavailable(script, exc) from exc
-            except rx.RedisError as exc:
-                raise BackendError(
-                    f"the session server refused {script.name}: {exc}",
-                    details={"operation": script.name},
-                ) from exc
-            except Exception as exc:
-                # A fault inside the client library itself: redis-py's cluster
-                # client can lose a connection it is using while it reloads
-                # the topology (after MOVED, a failover). Safe to repeat too.
-                if attempt >= self.retries:
-                    raise BackendError(
-                        f"the Redis client failed during {script.name}: {exc!r}",
-                        details={"operation": script.name},
-                    ) from exc
-                attempt += 1
-                await anyio.sleep(0.2 * attempt)  # let the topology reload finish
-
-    async def _drop_idle_connections(self) -> None:
-        """After a broken connection the others are suspect too (a restart,
-        a failover, CLIENT KILL): close the idle ones so the retry dials anew."""
-        if isinstance(self.client, aioredis.Redis):
-            with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect(inuse_connections=False)
-
-    async def _call(self, script: Script, key_names: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        if self._pipeliner is not None:
-            return await self._pipeliner.call(script, key_names, args)
-        if not self._cluster_ready:
-            await self._initialize_cluster()
-        return await script(self.client, key_names, args)
-
-
-def _unavailable(script: Script, exc: BaseException) -> BackendUnavailable:
-    timeout = isinstance(exc, (rx.TimeoutError, builtins.TimeoutError))
-    return BackendUnavailable(
-        f"the session server {'timed out' if timeout else 'is unreachable'} "
-        f"during {script.name}: {exc}",
-        code="backend_timeout" if timeout else "backend_unavailable",
-        details={"operation": script.name},
-    )
+        return await self.transport.call(script, key_names, args)
 
 
 __all__ = ["Client", "Duration", "SessionStore"]

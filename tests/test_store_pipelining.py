@@ -118,7 +118,7 @@ async def test_a_server_that_dies_fails_the_whole_batch_cleanly() -> None:
 def test_hand_packed_calls_match_redis_py_byte_for_byte() -> None:
     from redis.asyncio.connection import Connection
 
-    from sessionkit.pipeline import pack_evalsha
+    from sessionkit._transport import pack_script as pack_evalsha
     from sessionkit.scripts import Scripts
 
     keys_ = ("sk:{0001}:s:abc", "sk:{0001}:")

@@ -1,0 +1,152 @@
+"""The redis-py internals the transport relies on, and nothing else.
+
+redis-py makes the connections (address, AUTH, TLS, pools, cluster topology);
+the transport only writes packed commands on a connection it was given and
+reads the replies straight out of that connection's hiredis reader, without a
+coroutine per reply. Those two steps touch attributes that are not public
+API. Every such use is a function here, and `check()` (run by
+``tests/test_transport.py``) fails loudly, naming what changed, if a
+redis-py upgrade moves any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import hiredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+from redis.asyncio.client import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import AskError, MovedError
+
+#: What a hiredis reader returns when a reply is not complete yet.
+INCOMPLETE: Final = NOT_ENOUGH_DATA
+
+#: The type of a RESP3 push message (redis-py 8 speaks RESP3 by default; a
+#: server may push, say, maintenance notices between replies).
+PUSH: Final[type] = getattr(hiredis, "PushNotification", type(None))
+
+
+def is_redis_py_client(client: object) -> bool:
+    """A plain redis-py client over redis-py's own connection classes (not a
+    cluster, not an in-process fake)."""
+    if type(client) is not Redis:
+        return False
+    cls = client.connection_pool.connection_class
+    return cls.__module__.startswith("redis.")
+
+
+def hiredis_parser(conn: AbstractConnection) -> Any | None:
+    """The connection's hiredis parser, once connected; None if it parses
+    replies another way (then the transport reads reply by reply)."""
+    parser = getattr(conn, "_parser", None)
+    if type(parser) is _AsyncHiredisParser and parser._reader is not None:
+        return parser
+    return None
+
+
+def next_reply(parser: Any) -> Any:
+    """The next complete reply already received, or `INCOMPLETE`. Error
+    replies come back as exception instances (redis-py's typed errors)."""
+    return parser._reader.gets()
+
+
+async def receive(parser: Any) -> None:
+    """Read what the socket has into the parser (ConnectionError at EOF)."""
+    await parser.read_from_socket()
+
+
+async def write(conn: AbstractConnection, payload: bytes) -> None:
+    """Write packed commands on a connection, connecting it if needed.
+    The caller bounds the time: redis-py's own write timeout runs the write
+    in a new task on Python 3.11, which costs more than the write."""
+    if not conn.is_connected:
+        await conn.connect()  # type: ignore[no-untyped-call]
+    writer = conn._writer
+    assert writer is not None
+    writer.write(payload)
+    await writer.drain()
+
+
+def socket_timeout(conn: AbstractConnection) -> float | None:
+    timeout = conn.socket_timeout
+    return None if timeout is None else float(timeout)
+
+
+# -- one server -----------------------------------------------------------
+
+
+async def acquire(pool: ConnectionPool) -> AbstractConnection:
+    conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    return conn
+
+
+async def release(pool: ConnectionPool, conn: AbstractConnection) -> None:
+    await pool.release(conn)
+
+
+async def drop_idle(pool: ConnectionPool) -> None:
+    """Close the pool's idle connections (the next calls dial anew)."""
+    await pool.disconnect(inuse_connections=False)
+
+
+# -- a cluster ------------------------------------------------------------
+
+
+def node_for_slot(client: RedisCluster, slot: int) -> ClusterNode:
+    """The primary serving `slot` in the client's topology (SlotNotCoveredError
+    if none does)."""
+    node: ClusterNode = client.nodes_manager.get_node_from_slot(slot)
+    return node
+
+
+def node_at(client: RedisCluster, host: str, port: int) -> ClusterNode | None:
+    node: ClusterNode | None = client.nodes_manager.get_node(host, port)
+    return node
+
+
+def node_acquire(node: ClusterNode) -> AbstractConnection:
+    """A connection of the node's own pool (MaxConnectionsError when full)."""
+    conn: AbstractConnection = node.acquire_connection()
+    return conn
+
+
+def node_release(node: ClusterNode, conn: AbstractConnection) -> None:
+    node.release(conn)  # type: ignore[arg-type]
+
+
+async def follow_redirect(client: RedisCluster, exc: MovedError | AskError) -> None:
+    """Record in the client's slot table that a slot now lives elsewhere."""
+    await client.nodes_manager.move_slot(exc)
+
+
+async def reload_topology(client: RedisCluster) -> None:
+    """Ask the cluster for its slots again (after a failover or a refused node)."""
+    await client.nodes_manager.initialize()
+
+
+def check() -> None:
+    """Raise `RuntimeError` naming every internal above that this redis-py
+    version no longer has."""
+    missing: list[str] = []
+    parser = _AsyncHiredisParser(socket_read_size=65536)
+    for owner, names in (
+        (parser, ("_reader", "read_from_socket", "_stream")),
+        (AbstractConnection, ("_parser", "_writer", "is_connected", "connect", "socket_timeout")),
+        (ConnectionPool, ("get_connection", "release", "disconnect")),
+        (ClusterNode, ("acquire_connection", "release", "name")),
+    ):
+        for name in names:
+            if not hasattr(owner, name) and name not in getattr(owner, "__slots__", ()):
+                missing.append(f"{getattr(owner, '__name__', type(owner).__name__)}.{name}")
+    from redis.asyncio.cluster import NodesManager
+
+    for name in ("get_node_from_slot", "get_node", "move_slot", "initialize"):
+        if not hasattr(NodesManager, name):
+            missing.append(f"NodesManager.{name}")
+    if missing:
+        raise RuntimeError(
+            "this redis-py version changed internals sessionkit's transport uses: "
+            + ", ".join(missing)
+        )

@@ -1,0 +1,579 @@
+"""The transport: how every Redis call of sessionkit reaches the server.
+
+The store's scripts and the event consumer's commands all go through one
+`Transport`. It owns three things and nothing more:
+
+* **Batching.** A call made while nothing else is in flight on its lane (the
+  server, or on a cluster the node that serves its slot) is written at once,
+  on the calling task. Calls that overlap are queued; the first queued
+  caller leads: it waits one loop tick for the calls of the same tick, writes
+  them all in one buffer on one pooled connection, and reads every reply out
+  of hiredis in bulk. No task and no coroutine per reply.
+* **Errors.** One table, `classify`, says what each redis-py exception means
+  (a broken connection, a slot move, a timeout, a refusal, a lost script)
+  and `error` turns it into ours.
+* **Retries.** `Transport.call` repeats a call only for faults after which
+  repeating is safe and useful: a broken connection (every script is safe to
+  run twice), a slot that moved, a cluster mid-failover, a script the server
+  lost. A timeout is not repeated (the caller hears at once); a refusal or a
+  programming error never is.
+
+Connections, AUTH, TLS, pools and the cluster's slot table stay redis-py's;
+the few internals the batch write and read need are pinned in `_redispy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+
+from sessionkit import _redispy
+from sessionkit.errors import BackendError, BackendUnavailable, SessionKitError
+from sessionkit.scripts import Script
+
+#: Most commands written in one batch.
+MAX_BATCH: Final = 512
+
+#: How many times a call follows MOVED / ASK before it gives up.
+MAX_REDIRECTS: Final = 16
+
+#: Retries of a cluster that is moving slots or failing over (TRYAGAIN,
+#: CLUSTERDOWN, a replica's READONLY, a slot no node serves), with a growing
+#: pause: about two seconds in all, beyond the store's `retries`.
+TOPOLOGY_TRIES: Final = 8
+TOPOLOGY_PAUSE: Final = 0.05
+
+
+# -- packing --------------------------------------------------------------
+
+
+def pack(*parts: str | bytes | int) -> bytes:
+    """One command in RESP (str, bytes or int arguments), as redis-py packs it."""
+    out = [b"*%d\r\n" % len(parts)]
+    append = out.append
+    for value in parts:
+        if isinstance(value, bytes):
+            b = value
+        elif isinstance(value, str):
+            b = value.encode()
+        elif isinstance(value, int) and not isinstance(value, bool):
+            b = b"%d" % value
+        else:
+            raise TypeError(f"cannot send {type(value).__name__} to the server")
+        append(b"$%d\r\n" % len(b))
+        append(b)
+        append(b"\r\n")
+    return b"".join(out)
+
+
+def pack_script(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:
+    """EVALSHA of `script` (the hot path of every store call)."""
+    return pack("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def pack_eval(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:
+    """EVAL of `script`'s source: runs it and caches it on the server."""
+    return pack("EVAL", script.source, len(keys), *keys, *args)
+
+
+# -- the error table ------------------------------------------------------
+
+
+class Fault(enum.Enum):
+    BROKEN = "broken"  # the connection broke: repeat on a fresh one
+    TIMEOUT = "timeout"  # no answer in time: not repeated
+    MOVED = "moved"  # the slot lives on another node now
+    ASK = "ask"  # the slot is being moved: ask its next node once
+    MOVING = "moving"  # a cluster mid-move or mid-failover: wait, reload, repeat
+    NOSCRIPT = "noscript"  # the server lost its scripts: EVAL the source
+    REFUSED = "refused"  # the server refused the command: not repeated
+
+
+#: redis-py's typed exceptions, most specific first.
+_TABLE: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Fault], ...]] = (
+    (rx.NoScriptError, Fault.NOSCRIPT),
+    (rx.MovedError, Fault.MOVED),  # a subclass of AskError
+    (rx.AskError, Fault.ASK),
+    (
+        (
+            rx.TryAgainError,
+            rx.ClusterDownError,  # MasterDownError too
+            rx.SlotNotCoveredError,
+            rx.ReadOnlyError,  # a connection to a primary that became a replica
+        ),
+        Fault.MOVING,
+    ),
+    ((rx.TimeoutError, builtins.TimeoutError), Fault.TIMEOUT),
+    ((rx.ConnectionError, ConnectionError, OSError, rx.MaxConnectionsError), Fault.BROKEN),
+    (rx.RedisError, Fault.REFUSED),
+)
+
+
+def classify(exc: BaseException) -> Fault | None:
+    """What a redis-py exception means; None for anything that is not a
+    Redis fault (a programming error: raised as it is)."""
+    for kinds, fault in _TABLE:
+        if isinstance(exc, kinds):
+            return fault
+    return None
+
+
+def error(exc: BaseException, operation: str) -> SessionKitError:
+    """Our error for a Redis fault that retrying did not cure."""
+    fault = classify(exc)
+    if fault is Fault.REFUSED or fault is Fault.NOSCRIPT:
+        return BackendError(
+            f"the session server refused {operation}: {exc}", details={"operation": operation}
+        )
+    timeout = fault is Fault.TIMEOUT
+    return BackendUnavailable(
+        f"the session server {'timed out' if timeout else 'is unreachable'} "
+        f"during {operation}: {exc}",
+        code="backend_timeout" if timeout else "backend_unavailable",
+        details={"operation": operation},
+    )
+
+
+class _Orphaned(rx.ConnectionError):
+    """The task leading a batch was cancelled while the batch was out: its
+    connection was closed, and the calls in it and queued behind it go out
+    again at once (every call is safe to repeat)."""
+
+
+class _Lost(rx.ConnectionError):
+    """The connection failed under a batch in a way redis-py did not type
+    (it was closed by a topology reload, say): the batch's unread calls are
+    treated as on a broken connection."""
+
+
+# -- calls and lanes ------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Call:
+    payload: bytes
+    #: Where a queued call's reply goes (a call sent at once has none).
+    future: asyncio.Future[Any] | None = None
+
+
+class _Lane:
+    """One server, or one cluster node: its queue of overlapping calls and
+    the count of batches in flight on it."""
+
+    __slots__ = ("busy", "queue")
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.queue: list[_Call] = []
+
+
+class _Connections:
+    """Where a lane gets a connection and gives it back."""
+
+    async def get(self) -> Any:
+        raise NotImplementedError
+
+    async def put(self, conn: Any) -> None:
+        raise NotImplementedError
+
+
+class _PoolConnections(_Connections):
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def get(self) -> Any:
+        return await _redispy.acquire(self.pool)
+
+    async def put(self, conn: Any) -> None:
+        await _redispy.release(self.pool, conn)
+
+
+class _NodeConnections(_Connections):
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    async def get(self) -> Any:
+        for _ in range(100):
+            try:
+                return _redispy.node_acquire(self.node)
+            except rx.MaxConnectionsError:
+                await asyncio.sleep(0.01)  # all in use: one comes back soon
+        return _redispy.node_acquire(self.node)
+
+    async def put(self, conn: Any) -> None:
+        _redispy.node_release(self.node, conn)
+
+
+async def _exchange(source: _Connections, calls: Sequence[_Call]) -> list[Any]:
+    """Write `calls` in one buffer on one connection and read their replies
+    in order. A reply is the value or the error instance the server sent.
+    If the connection fails, replies already read are returned and the rest
+    are the failure (a `rx.ConnectionError` or `rx.TimeoutError`); the
+    connection is then closed, since its stream is out of step."""
+    replies: list[Any] = []
+    conn = await source.get()
+    try:
+        limit = _redispy.socket_timeout(conn)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None) as deadline:
+            # One timer for the batch, pushed back now and then as replies
+            # arrive: each reply gets about `socket_timeout`.
+            if limit is not None:
+                deadline.reschedule(loop.time() + limit)
+            await _redispy.write(
+                conn, calls[0].payload if len(calls) == 1 else b"".join(c.payload for c in calls)
+            )
+            parser = _redispy.hiredis_parser(conn)
+            if parser is None:  # another parser: reply by reply
+                for _ in calls:
+                    try:
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except rx.ResponseError as exc:
+                        replies.append(exc)
+                    if limit is not None:
+                        deadline.reschedule(loop.time() + limit)
+            else:
+                want = len(calls)
+                push = _redispy.PUSH
+                while True:
+                    reply = _redispy.next_reply(parser)
+                    while reply is not _redispy.INCOMPLETE:
+                        if reply.__class__ is not push:  # a notice, not a reply
+                            replies.append(reply)
+                            if len(replies) == want:
+                                return replies
+                        reply = _redispy.next_reply(parser)
+                    await _redispy.receive(parser)
+                    if limit is not None:
+                        deadline.reschedule(loop.time() + limit)
+        return replies
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            raise
+        failure: BaseException
+        if isinstance(exc, builtins.TimeoutError):
+            failure = rx.TimeoutError("timed out reading replies from the session server")
+        elif classify(exc) in (Fault.BROKEN, Fault.TIMEOUT):
+            failure = exc
+        else:
+            failure = _Lost(f"the connection failed: {exc!r}")
+        failure.__cause__ = exc
+        return replies + [failure] * (len(calls) - len(replies))
+    finally:
+        await source.put(conn)
+
+
+async def _send_on(
+    lane: _Lane, source: _Connections, payload: bytes, *, batching: bool = True
+) -> Any:
+    """One call on `lane`: at once when the lane is idle (or batching is off),
+    else in the next batch. Returns the reply (or the error instance) the
+    call got."""
+    if not batching:
+        return (await _exchange(source, (_Call(payload),)))[0]
+    if not lane.busy and not lane.queue:
+        lane.busy += 1
+        try:
+            return (await _exchange(source, (_Call(payload),)))[0]
+        finally:
+            lane.busy -= 1
+    call = _Call(payload, asyncio.get_running_loop().create_future())
+    lane.queue.append(call)
+    if len(lane.queue) == 1:
+        await _lead(lane, source)
+    assert call.future is not None
+    return await call.future
+
+
+async def _lead(lane: _Lane, source: _Connections) -> None:
+    """Send the lane's queue, this tick's calls included, in batches."""
+    lane.busy += 1
+    try:
+        await asyncio.sleep(0)  # the other calls of this tick join the batch
+        while lane.queue:
+            batch, lane.queue = lane.queue[:MAX_BATCH], lane.queue[MAX_BATCH:]
+            try:
+                replies = await _exchange(source, batch)
+            except BaseException as exc:
+                # Cancelled before its connection was in use, or could not
+                # get one: the batch fails as a whole, and so do the calls
+                # queued behind it, which this task was to send.
+                failure: BaseException = exc
+                if isinstance(exc, asyncio.CancelledError):
+                    failure = _Orphaned("the call leading this batch was cancelled")
+                rest, lane.queue = lane.queue, []
+                for c in (*batch, *rest):
+                    if c.future is not None and not c.future.done():
+                        c.future.set_result(failure)
+                raise
+            for c, reply in zip(batch, replies, strict=True):
+                if c.future is not None and not c.future.done():
+                    c.future.set_result(reply)
+    finally:
+        lane.busy -= 1
+
+
+# -- the transport --------------------------------------------------------
+
+
+class Transport:
+    """Every Redis call of one store (and of its event consumers)."""
+
+    def __init__(self, client: Any, *, batching: bool = True, retries: int = 2) -> None:
+        self.client = client
+        self.retries = retries
+        self.cluster = isinstance(client, RedisCluster)
+        self._single: tuple[_Lane, _Connections] | None = None
+        if not self.cluster and _redispy.is_redis_py_client(client):
+            self._single = (_Lane(), _PoolConnections(client.connection_pool))
+        self._batching = batching
+        self._nodes: dict[str, tuple[_Lane, _NodeConnections]] = {}
+        self._ready = not self.cluster
+        self._init_lock = anyio.Lock()
+
+    # -- the public face --------------------------------------------------
+
+    async def call(self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        """Run `script` (one EVALSHA, EVAL if the server lost it): its reply,
+        or our typed error after the retries this fault allows."""
+        payload = pack_script(script, keys, args)
+        return await self._retrying(script.name, keys[0] if keys else None, payload, script)
+
+    async def command(self, operation: str, key: str | None, *parts: str | bytes | int) -> Any:
+        """One plain command (safe to repeat), routed by `key` on a cluster."""
+        return await self._retrying(operation, key, pack(*parts), None)
+
+    async def commands(
+        self, operation: str, calls: Sequence[tuple[str, tuple[str | bytes | int, ...]]]
+    ) -> list[Any]:
+        """Several commands (each safe to repeat), each routed by its key: one
+        batch per server (per node on a cluster). Each one's reply, or the
+        error it got: the server's refusal as redis-py's exception (callers
+        accept some, such as BUSYGROUP), any other fault as our error after
+        the retries it allows."""
+        payloads = [(key, pack(*parts)) for key, parts in calls]
+        try:
+            replies = await self._send_many(payloads)
+        except Exception as exc:
+            if classify(exc) is None:
+                raise
+            replies = [exc] * len(payloads)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, BaseException) and classify(reply) is not Fault.REFUSED:
+                key, payload = payloads[i]
+                try:
+                    replies[i] = await self._retrying(
+                        operation, key, payload, None, raw_errors=True
+                    )
+                except SessionKitError as exc:
+                    replies[i] = exc
+        return replies
+
+    async def _send_many(self, payloads: Sequence[tuple[str, bytes]]) -> list[Any]:
+        if self._single is not None:
+            source = self._single[1]
+            replies: list[Any] = []
+            for start in range(0, len(payloads), MAX_BATCH):
+                chunk = payloads[start : start + MAX_BATCH]
+                replies += await _exchange(source, [_Call(p) for _, p in chunk])
+            return replies
+        if not self.cluster:
+            return [await self._send_plain(p) for _, p in payloads]
+        await self.ready()
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i, (key, _) in enumerate(payloads):
+            node = _redispy.node_for_slot(self.client, key_slot(key.encode()))
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        out: list[Any] = [None] * len(payloads)
+
+        async def on(node: ClusterNode, indexes: list[int]) -> None:
+            source = _NodeConnections(node)
+            for start in range(0, len(indexes), MAX_BATCH):
+                part = indexes[start : start + MAX_BATCH]
+                got = await _exchange(source, [_Call(payloads[i][1]) for i in part])
+                for i, reply in zip(part, got, strict=True):
+                    out[i] = reply
+
+        await asyncio.gather(*(on(node, indexes) for node, indexes in by_node.values()))
+        return out
+
+    async def blocking(self, operation: str, wait: float, *parts: str | bytes | int) -> Any:
+        """One command that may wait on the server (a blocking XREAD), on a
+        connection of its own, never in a batch; one server only. Not
+        repeated: the caller decides, since it may have delivered."""
+        if self._single is None:  # fakeredis: nothing to wait for in a batch
+            reply = await self._send_plain(pack(*parts))
+            if isinstance(reply, BaseException):
+                raise error(reply, operation) from reply
+            return reply
+        pool = self.client.connection_pool
+        conn = await _redispy.acquire(pool)
+        try:
+            async with asyncio.timeout(wait):
+                await _redispy.write(conn, pack(*parts))
+                return await conn.read_response(timeout=math.inf)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            if isinstance(exc, builtins.TimeoutError):
+                raise error(rx.TimeoutError(f"no answer in {wait:g} s"), operation) from exc
+            if classify(exc) is not None:
+                raise error(exc, operation) from exc
+            raise
+        finally:
+            await _redispy.release(pool, conn)
+
+    async def on_node(self, operation: str, node: ClusterNode, script: Script, *args: Any) -> Any:
+        """Run a keyless script on one cluster node (the event reader's)."""
+        source = _NodeConnections(node)
+        lane = _Lane()
+        reply = await _send_on(lane, source, pack_script(script, (), args))
+        if isinstance(reply, rx.NoScriptError):
+            reply = await _send_on(lane, source, pack_eval(script, (), args))
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    async def ready(self) -> None:
+        """A cluster client must know the slots before calls go to nodes."""
+        if not self._ready:
+            async with self._init_lock:
+                if not self._ready:
+                    await self.client.initialize()
+                    self._ready = True
+
+    async def reload(self) -> None:
+        """Reload a cluster's slot table (after slots moved or a failover)."""
+        if self.cluster:
+            with contextlib.suppress(Exception):
+                await _redispy.reload_topology(self.client)
+
+    # -- retries: the one place -------------------------------------------
+
+    async def _retrying(
+        self,
+        operation: str,
+        key: str | None,
+        payload: bytes,
+        script: Script | None,
+        *,
+        raw_errors: bool = False,
+    ) -> Any:
+        broken = redirects = moving = orphaned = 0
+        ask: tuple[str, int] | None = None
+        while True:
+            try:
+                reply = await self._send(key, payload, ask)
+            except Exception as exc:  # no connection to be had: as a broken one
+                if classify(exc) is None:
+                    raise
+                reply = exc
+            ask = None
+            if not isinstance(reply, BaseException):
+                return reply
+            fault = classify(reply)
+            if fault is None:
+                raise reply
+            if fault is Fault.NOSCRIPT and script is not None:
+                payload = pack("EVAL", script.source, *_arguments(payload))
+                script = None  # EVAL caches it; a second NOSCRIPT is a refusal
+                continue
+            if isinstance(reply, _Orphaned) and orphaned < 3:
+                orphaned += 1  # not this call's fault: out again at once
+                continue
+            if fault is Fault.BROKEN and broken < self.retries:
+                broken += 1
+                await self._after_broken()
+                await anyio.sleep(0.05 * broken)
+                continue
+            if fault is Fault.MOVED and redirects < MAX_REDIRECTS and self.cluster:
+                redirects += 1
+                with contextlib.suppress(Exception):
+                    await _redispy.follow_redirect(self.client, reply)  # type: ignore[arg-type]
+                continue
+            if fault is Fault.ASK and redirects < MAX_REDIRECTS and self.cluster:
+                redirects += 1
+                assert isinstance(reply, rx.AskError)
+                ask = (reply.host, reply.port)
+                continue
+            if fault in (Fault.MOVING, Fault.BROKEN) and self.cluster and moving < TOPOLOGY_TRIES:
+                moving += 1
+                await anyio.sleep(TOPOLOGY_PAUSE * moving)
+                await self.reload()
+                continue
+            if raw_errors and fault is Fault.REFUSED:
+                return reply  # the caller judges refusals (BUSYGROUP, NOGROUP…)
+            raise error(reply, operation) from reply
+
+    async def _after_broken(self) -> None:
+        """After a broken connection the idle ones are suspect too (a restart,
+        a failover, CLIENT KILL): close them so the retry dials anew."""
+        if self.cluster:
+            await self.reload()
+        elif isinstance(self.client, aioredis.Redis):
+            with contextlib.suppress(Exception):
+                await _redispy.drop_idle(self.client.connection_pool)
+
+    # -- routing ----------------------------------------------------------
+
+    async def _send(self, key: str | None, payload: bytes, ask: tuple[str, int] | None) -> Any:
+        if self._single is not None:
+            return await _send_on(*self._single, payload, batching=self._batching)
+        if not self.cluster:
+            return await self._send_plain(payload)
+        await self.ready()
+        if ask is not None:
+            node = _redispy.node_at(self.client, *ask)
+            if node is None:
+                raise rx.ConnectionError(f"no connection to {ask[0]}:{ask[1]} for ASK")
+            replies = await _exchange(
+                _NodeConnections(node), (_Call(pack("ASKING")), _Call(payload))
+            )
+            return replies[1]
+        node = _redispy.node_for_slot(self.client, key_slot(key.encode()) if key else 0)
+        lane = self._nodes.get(node.name)
+        if lane is None or lane[1].node is not node:
+            lane = self._nodes[node.name] = (_Lane(), _NodeConnections(node))
+        return await _send_on(*lane, payload, batching=self._batching)
+
+    async def _send_plain(self, payload: bytes) -> Any:
+        """A client that is not redis-py's own (fakeredis) or with batching
+        off: the command through the client's public API."""
+        name, *args = _decode(payload)
+        try:
+            return await self.client.execute_command(name.decode(), *args)
+        except rx.ResponseError as exc:
+            return exc
+
+
+def _decode(payload: bytes) -> list[bytes]:
+    """The parts of one packed command (for clients without a raw write)."""
+    parts: list[bytes] = []
+    count_end = payload.index(b"\r\n")
+    pos = count_end + 2
+    for _ in range(int(payload[1:count_end])):
+        size_end = payload.index(b"\r\n", pos)
+        size = int(payload[pos + 1 : size_end])
+        start = size_end + 2
+        parts.append(payload[start : start + size])
+        pos = start + size + 2
+    return parts
+
+
+def _arguments(payload: bytes) -> list[bytes]:
+    """What follows ``EVALSHA <sha>`` in a packed call."""
+    return _decode(payload)[2:]

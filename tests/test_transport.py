@@ -1,0 +1,341 @@
+"""The transport every Redis call goes through: a call alone goes out at once
+on its own task, overlapping calls share one write, a cluster gets one batch
+per node, MOVED and ASK are followed, a connection cut mid-batch fails or
+repeats exactly the calls whose replies it lost, and the event consumer
+rides the same path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+from redis.asyncio.connection import Connection
+from redis.crc import key_slot
+
+from sessionkit import BackendError, BackendUnavailable, SessionStore, _redispy, _transport, keys
+from sessionkit.events import EventConsumer
+from sessionkit.scripts import Scripts
+from sessionkit.server import EmbeddedCluster
+
+
+class Writes:
+    """Every batch the transport writes: the connection's port, the task
+    that wrote it, and the commands in it."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[int, asyncio.Task[Any] | None, list[list[bytes]]]] = []
+
+    def commands(self) -> int:
+        return sum(len(cmds) for _, _, cmds in self.log)
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Writes]:
+    seen = Writes()
+    real = _redispy.write
+
+    async def counting(conn: Any, payload: bytes) -> None:
+        seen.log.append((int(conn.port), asyncio.current_task(), _split(payload)))
+        await real(conn, payload)
+
+    monkeypatch.setattr(_redispy, "write", counting)
+    yield seen
+
+
+def _split(payload: bytes) -> list[list[bytes]]:
+    """The commands in a packed buffer."""
+    out = []
+    while payload:
+        parts = _transport._decode(payload)
+        out.append(parts)
+        payload = payload[len(_transport.pack(*parts)) :]
+    return out
+
+
+def test_the_redis_py_internals_the_transport_uses_are_there() -> None:
+    _redispy.check()
+
+
+def test_the_error_table_types_every_redis_fault_and_nothing_else() -> None:
+    f = _transport.classify
+    assert f(rx.ConnectionError()) is _transport.Fault.BROKEN
+    assert f(rx.TimeoutError()) is _transport.Fault.TIMEOUT
+    assert f(TimeoutError()) is _transport.Fault.TIMEOUT
+    assert f(rx.MovedError("3999 127.0.0.1:6381")) is _transport.Fault.MOVED
+    assert f(rx.AskError("3999 127.0.0.1:6381")) is _transport.Fault.ASK
+    assert f(rx.TryAgainError()) is _transport.Fault.MOVING
+    assert f(rx.ClusterDownError("down")) is _transport.Fault.MOVING
+    assert f(rx.NoScriptError()) is _transport.Fault.NOSCRIPT
+    assert f(rx.ResponseError("WRONGTYPE")) is _transport.Fault.REFUSED
+    # A programming error is not a Redis fault: it is never retried or renamed.
+    assert f(ValueError()) is None and f(AttributeError()) is None
+    assert isinstance(_transport.error(rx.TimeoutError("x"), "get"), BackendUnavailable)
+    assert _transport.error(rx.TimeoutError("x"), "get").code == "backend_timeout"
+    assert isinstance(_transport.error(rx.ResponseError("x"), "get"), BackendError)
+
+
+@pytest.mark.server
+async def test_a_programming_error_reaches_the_caller_as_it_is(
+    server_url: str, prefix: str
+) -> None:
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        with pytest.raises(TypeError):
+            await store.transport.call(Scripts.get, ("k", "p"), ("", "x", 1.5, 0))
+
+
+@pytest.mark.server
+async def test_a_call_alone_goes_out_at_once_on_the_calling_task(
+    server_url: str, prefix: str, writes: Writes
+) -> None:
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        made = await store.create("alice")
+        await store.load_scripts()
+        writes.log.clear()
+        for _ in range(20):
+            assert await store.resolve(made.token or "") is not None
+        me = asyncio.current_task()
+        assert len(writes.log) == 20
+        assert all(task is me and len(cmds) == 1 for _, task, cmds in writes.log)
+
+
+@pytest.mark.server
+async def test_overlapping_calls_share_writes(server_url: str, prefix: str, writes: Writes) -> None:
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        made = [await store.create(f"u{i}") for i in range(200)]
+        await store.load_scripts()
+        writes.log.clear()
+        got = await asyncio.gather(*(store.resolve(s.token or "") for s in made))
+        assert [g.id if g else None for g in got] == [s.id for s in made]
+        assert writes.commands() == 200
+        assert len(writes.log) <= 3  # the first call alone, then the rest batched
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to a real server that, on the first connection to
+    carry a batch (several EVALSHA in one write), passes exactly `limit` bytes
+    of the batch's replies and then closes it: a connection broken in the
+    middle of a batch."""
+
+    def __init__(self, port: int, limit: int) -> None:
+        self.port = port
+        self.limit = limit
+        self.cut = False
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CuttingProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        batch = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                if data.count(b"EVALSHA") > 1:
+                    batch.set()
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            passed = 0
+            while data := await up_reader.read(65536):
+                if batch.is_set() and not self.cut and passed + len(data) > self.limit:
+                    self.cut = True
+                    writer.write(data[: self.limit - passed])
+                    await writer.drain()
+                    return
+                if batch.is_set():
+                    passed += len(data)
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        for w in (writer, up_writer):
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+
+
+async def _evalsha_calls(admin: aioredis.Redis) -> int:
+    stats = await admin.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.mark.server
+@pytest.mark.usefixtures("drops_connections")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_a_connection_cut_mid_batch_fails_or_repeats_exactly_the_unanswered_calls(
+    server_url: str, prefix: str, retries: int
+) -> None:
+    port = int(server_url.rsplit(":", 1)[1].split("/")[0])
+    # Unknown tokens of a known shape: each reply is a nil (RESP3 "_", RESP2 "$-1").
+    tokens = [keys.new_token(7) for _ in range(20)]
+    nil = 3 if Connection().protocol == 3 else 5
+    admin = aioredis.Redis(port=port)
+    try:
+        # The first call goes alone; the other 19 are one batch, cut after
+        # 3 of its replies.
+        proxy = CuttingProxy(port, limit=3 * nil)
+        async with proxy, SessionStore.from_url(proxy.url, prefix=prefix, retries=retries) as store:
+            before = await _evalsha_calls(admin)
+            calls = (store.resolve(t) for t in tokens)
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            sent = await _evalsha_calls(admin) - before
+        assert proxy.cut
+        answered = [r for r in results if r is None]
+        failed = [r for r in results if isinstance(r, BackendUnavailable)]
+        if retries:
+            assert len(answered) == 20  # the 16 unanswered went out again, once
+            assert sent == 20 + 16
+        else:
+            assert results[:4] == [None] * 4
+            assert len(failed) == 16 and len(answered) == 4
+            assert sent == 20
+    finally:
+        await admin.aclose()
+
+
+@pytest.mark.server
+async def test_the_event_consumer_uses_the_same_transport(
+    server_url: str, prefix: str, writes: Writes
+) -> None:
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        consumer = EventConsumer(store, group="g", consumer="c", block=0.05, start="all")
+        await store.create("alice")
+        writes.log.clear()
+        status = await consumer.status()
+        assert status.undelivered == 1
+        # 1,024 streams, two XINFO each: a handful of batched writes.
+        assert writes.commands() == 2 * 1024
+        assert len(writes.log) <= 2 * 1024 // _transport.MAX_BATCH
+        writes.log.clear()
+        events = await consumer.read()
+        assert [e.type for e in events] == ["created"]
+        assert any(cmds[0][0] == b"XREADGROUP" for _, _, cmds in writes.log)
+
+
+@pytest.fixture(scope="module")
+async def own_cluster() -> AsyncIterator[EmbeddedCluster]:
+    """A private cluster whose slots these tests move by hand."""
+    async with EmbeddedCluster() as cluster:
+        yield cluster
+
+
+def _node_slots(client: Any) -> dict[int, int]:
+    """Port of the primary serving each slot, as the client sees it."""
+    return {
+        slot: nodes[0].port for slot, nodes in client.nodes_manager.slots_cache.items() if nodes
+    }
+
+
+@pytest.mark.cluster
+async def test_a_cluster_gets_one_batch_per_node(
+    own_cluster: EmbeddedCluster, prefix: str, writes: Writes
+) -> None:
+    async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
+        made = [await store.create(f"u{i}") for i in range(300)]
+        await store.load_scripts()
+        owner = _node_slots(store.client)
+        writes.log.clear()
+        got = await asyncio.gather(*(store.resolve(s.token or "") for s in made))
+        assert [g.id if g else None for g in got] == [s.id for s in made]
+        assert writes.commands() == 300
+        ports = {port for port, _, _ in writes.log}
+        assert len(ports) == 3
+        for port in ports:
+            assert sum(1 for p, _, _ in writes.log if p == port) <= 3
+        for port, _, cmds in writes.log:
+            # EVALSHA sha numkeys key…: every key of a batch is on its node.
+            assert all(owner[key_slot(cmd[3])] == port for cmd in cmds)
+
+
+async def _node(cluster: EmbeddedCluster, port: int) -> aioredis.Redis:
+    return aioredis.Redis(port=port, decode_responses=True)
+
+
+async def _cmd(node: aioredis.Redis, *args: Any) -> Any:
+    return await node.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+async def _topology_reads(node: aioredis.Redis) -> int:
+    return sum([await _calls(node, f"cluster|{sub}") for sub in ("slots", "shards", "nodes")])
+
+
+async def _calls(node: aioredis.Redis, command: str) -> int:
+    stats = await node.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+@pytest.mark.cluster
+async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: str) -> None:
+    async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
+        made = await store.create("alice", ["g"])
+        _, bucket = keys.user_digest("alice")
+        slot = key_slot(keys.session_key(prefix, bucket, made.id).encode())
+        src_port = _node_slots(store.client)[slot]
+        masters = [n.port for n in own_cluster.nodes[:3]]
+        dst_port = next(p for p in masters if p != src_port)
+        src, dst = await _node(own_cluster, src_port), await _node(own_cluster, dst_port)
+        others = [await _node(own_cluster, p) for p in masters]
+        try:
+            src_id, dst_id = (
+                await _cmd(src, "CLUSTER MYID"),
+                await _cmd(dst, "CLUSTER MYID"),
+            )
+            await _cmd(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            await _cmd(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+            names = await _cmd(src, "CLUSTER GETKEYSINSLOT", slot, 1000)
+            assert names  # the session, its user's keys, the bucket's stream
+            await _cmd(src, "MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *names)
+            # Mid-move the source answers ASK: the call goes to the target
+            # after ASKING. The target holds the session but not every key
+            # the script names (the user's prefix is never a key), so it
+            # answers TRYAGAIN until the move ends; the call waits for that.
+            asking = await _calls(dst, "asking")
+            call = asyncio.ensure_future(store.resolve(made.token or ""))
+            await asyncio.sleep(0.3)
+            assert not call.done()
+            assert await _calls(dst, "asking") > asking
+            assert _node_slots(store.client)[slot] == src_port  # ASK changes no table
+            for node in others:
+                await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+            got = await call
+            assert got is not None and got.id == made.id
+            # Moved: the client's table was stale until MOVED corrected it.
+            assert _node_slots(store.client)[slot] == dst_port
+            # And back, behind the client's back: MOVED alone corrects the
+            # table, with no topology reload.
+            await _cmd(src, "CLUSTER SETSLOT", slot, "IMPORTING", dst_id)
+            await _cmd(dst, "CLUSTER SETSLOT", slot, "MIGRATING", src_id)
+            names = await _cmd(dst, "CLUSTER GETKEYSINSLOT", slot, 1000)
+            await _cmd(dst, "MIGRATE", "127.0.0.1", src_port, "", 0, 5000, "KEYS", *names)
+            for node in others:
+                await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", src_id)
+            reloads = [await _topology_reads(n) for n in others]
+            got = await store.resolve(made.token or "")
+            assert got is not None and got.access_groups == ["g"]
+            assert _node_slots(store.client)[slot] == src_port
+            assert [await _topology_reads(n) for n in others] == reloads
+            assert await store.add_groups("alice", "h") == 1
+        finally:
+            for c in (src, dst, *others):
+                await c.aclose()
