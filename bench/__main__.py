@@ -20,8 +20,8 @@ from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import report
-from bench.impls import UA, Impl, make_impls
+from bench import report, sections
+from bench.impls import IMPLEMENTATIONS, UA, Impl, make_impls
 from bench.limits import measure_ceiling, measure_memory
 from bench.runner import Result, run_scenario
 from bench.scenarios import SCENARIOS
@@ -60,8 +60,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--impl",
         action="append",
         default=None,
-        help="sessionkit, naive, peer (repeatable); default: all",
+        help=f"{', '.join(IMPLEMENTATIONS)} (repeatable); default: all",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="also run resolve and create from N client processes at once (default: off)",
+    )
+    p.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep")
+    p.add_argument("--no-cluster", action="store_true", help="skip the embedded cluster section")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON results here")
     p.add_argument(
@@ -82,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"unknown scenario {s!r}; choose from: {', '.join(names)}")
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
+    if args.processes < 0:
+        p.error("--processes must be 0 or more")
     return args
 
 
@@ -130,7 +140,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     console = Console(width=None if sys.stdout.isatty() else 150)
     duration = args.duration or (0.2 if args.quick else 1.0)
     scale = 0.02 if args.quick else 1.0
-    impl_names = args.impl or ["sessionkit", "naive", "peer"]
+    impl_names = args.impl or list(IMPLEMENTATIONS)
     scenarios = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     async with AsyncExitStack() as stack:
         url = args.redis_url or os.environ.get("REDIS_URL")
@@ -159,6 +169,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "msgspec": version("msgspec"),
             "sessionkit": version("sessionkit"),
             "starsessions": version("starsessions"),
+            "litestar": version("litestar"),
+            "aiohttp_session": version("aiohttp-session"),
             "loop": "uvloop" if args.uvloop else "asyncio",
             "concurrency": args.concurrency,
             "events": events,
@@ -177,6 +189,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         parse_user_agent(UA)  # compile the parser's rules before anything is timed
         results: list[Result] = []
         runs = [(s, i) for s in scenarios for i in impls if s.needs <= i.ops]
+        swept = [
+            i
+            for name in sections.SWEPT
+            for i in impls
+            if next(s for s in SCENARIOS if s.name == name).needs <= i.ops
+        ]
+        sweep_runs = 0 if args.no_sweep else len(swept) * len(sections.SWEEP)
         with Progress(
             TextColumn("{task.description:<44}"),
             BarColumn(),
@@ -185,7 +204,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             console=console,
             transient=False,
         ) as progress:
-            overall = progress.add_task("all runs", total=len(runs))
+            overall = progress.add_task("all runs", total=len(runs) + sweep_runs)
             for scenario, impl in runs:
                 task = progress.add_task(f"{scenario.name} · {impl.name}", total=1.0)
                 res = await run_scenario(
@@ -200,6 +219,41 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 progress.update(task, completed=1.0, visible=False)
                 progress.advance(overall)
                 results.append(res)
+            sweep: list[dict[str, Any]] = []
+            if sweep_runs:
+                sweep = await sections.sweep(
+                    impls,
+                    duration=duration,
+                    scale=scale,
+                    tick=lambda: progress.advance(overall),
+                )
+        single = {
+            r.scenario: r.ops_per_s
+            for r in results
+            if r.impl == "sessionkit" and r.scenario in sections.SWEPT
+        }
+        cluster_section: dict[str, Any] = {}
+        if not args.no_cluster and not cluster and "sessionkit" in impl_names:
+            console.print("the same resolve and create on an embedded 3-master cluster…")
+            cluster_section = await sections.cluster(
+                args.server_bin,
+                single,
+                concurrency=args.concurrency,
+                duration=duration,
+                scale=scale,
+                events=events,
+            )
+        procs: dict[str, Any] = {}
+        if args.processes:
+            console.print(f"resolve and create from {args.processes} client processes…")
+            procs = await sections.processes(
+                url,
+                args.processes,
+                concurrency=args.concurrency,
+                duration=duration,
+                scale=scale,
+                events=events,
+            )
         ceiling: dict[str, Any] = {}
         memory: dict[str, Any] = {}
         worst: dict[str, Any] = {}
@@ -217,7 +271,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             memory = await _memory(args.quick, events, args.server_bin)
             console.print("measuring the worst case (one user at the session cap)…")
             worst = await measure_worst_case(args.server_bin, args.quick)
-        doc = report.build(conditions, results, ceiling, memory, worst)
+        doc = report.build(
+            conditions,
+            results,
+            ceiling,
+            memory,
+            worst,
+            sweep=sweep,
+            cluster=cluster_section,
+            processes=procs,
+        )
     report.print_table(doc, console)
     report.write(doc, args.results, args.json)
     console.print(f"wrote {args.results / 'latest.json'}, latest.md, latest.png")

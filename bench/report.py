@@ -12,19 +12,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench import worst_case
+from bench.impls import PEERS
 from bench.runner import Result
 
 CEILING_OPS = {"resolve": "resolve_unpipelined", "create": "create_unpipelined"}
 
 
+PEER_NAMES = tuple(PEERS)
+
+
 def ratios(results: list[Result], ceiling: dict[str, Any]) -> list[dict[str, Any]]:
-    """sessionkit / naive, sessionkit / peer, and sessionkit's share of the ceiling."""
+    """sessionkit / naive, sessionkit / each peer, and sessionkit's share of the ceiling."""
     by = {(r.scenario, r.impl): r for r in results}
     out: list[dict[str, Any]] = []
     for (scenario, impl), r in by.items():
         if impl != "sessionkit" or not r.ops_per_s:
             continue
-        for vs in ("naive", "peer"):
+        for vs in ("naive", *PEER_NAMES):
             other = by.get((scenario, vs))
             if other and other.ops_per_s:
                 out.append(
@@ -56,7 +60,16 @@ def build(
     ceiling: dict[str, Any],
     memory: dict[str, Any],
     worst_case: dict[str, Any] | None = None,
+    *,
+    sweep: list[dict[str, Any]] | None = None,
+    cluster: dict[str, Any] | None = None,
+    processes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    if processes and ceiling:
+        for op in ("resolve", "create"):
+            c = ceiling.get(f"{op}_pipelined", {}).get("ops_per_s")
+            if op in processes and c:
+                processes[op]["share_of_ceiling"] = round(processes[op]["ops_per_s"] / c, 3)
     return {
         "conditions": conditions,
         "results": [asdict(r) for r in results],
@@ -64,7 +77,77 @@ def build(
         "ceiling": ceiling,
         "memory": memory,
         "worst_case": worst_case or {},
+        "sweep": sweep or [],
+        "cluster": cluster or {},
+        "processes": processes or {},
     }
+
+
+def _min_peer(rat: dict[tuple[str, str], float], scenario: str) -> str:
+    """sessionkit's ratio to its fastest peer in a scenario, and which."""
+    found = [(rat[(scenario, p)], p) for p in PEER_NAMES if (scenario, p) in rat]
+    if not found:
+        return ""
+    ratio, peer = min(found)
+    return f"{ratio:.2f}× {peer}"
+
+
+def sweep_lines(doc: dict[str, Any]) -> list[str]:
+    """ops/s and p50 per implementation at each concurrency, one line per
+    scenario and implementation."""
+    rows = doc.get("sweep") or []
+    levels = sorted({r["concurrency"] for r in rows})
+    out = []
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        for impl in dict.fromkeys(r["impl"] for r in rows if r["scenario"] == scenario):
+            cells = []
+            for c in levels:
+                r = next(
+                    (
+                        x
+                        for x in rows
+                        if (x["scenario"], x["impl"], x["concurrency"]) == (scenario, impl, c)
+                    ),
+                    None,
+                )
+                cells.append(
+                    f"c={c}: {r['ops_per_s']:,.0f}/s p50 {r['p50_ms']:.3f} ms" if r else f"c={c}: –"
+                )
+            out.append(f"- {scenario} · {impl}: " + "; ".join(cells))
+    return out
+
+
+def cluster_lines(doc: dict[str, Any]) -> list[str]:
+    c = doc.get("cluster") or {}
+    out = []
+    for op in ("resolve", "create"):
+        if op in c:
+            r = c[op]
+            ratio = f" = {r['ratio']:.0%} of one server" if r.get("ratio") else ""
+            out.append(
+                f"- {op} on a {c['masters']}-master cluster: {r['ops_per_s']:,.0f} ops/s per "
+                f"process (one server: {r['single_server_ops_per_s'] or 0:,.0f}){ratio}, "
+                f"p50 {r['p50_ms']:.3f} ms, {r['errors']} errors"
+            )
+    return out
+
+
+def process_lines(doc: dict[str, Any]) -> list[str]:
+    p = doc.get("processes") or {}
+    out = []
+    for op in ("resolve", "create"):
+        if op in p:
+            r = p[op]
+            share = (
+                f" = {r['share_of_ceiling']:.0%} of the pipelined ceiling"
+                if "share_of_ceiling" in r
+                else ""
+            )
+            out.append(
+                f"- {op} from {p['processes']} processes (c={p['concurrency_each']} each): "
+                f"{r['ops_per_s']:,.0f} ops/s in all{share}, {r['errors']} errors"
+            )
+    return out
 
 
 def print_table(doc: dict[str, Any], console: Console) -> None:
@@ -79,8 +162,9 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
         "max ms",
         "errors",
         "CPU µs/op",
+        "server µs/op",
         "× naive",
-        "× peer",
+        "× slowest-to-beat peer",
     ):
         table.add_column(col, justify="left" if col in ("scenario", "impl") else "right")
     rat = {(r["scenario"], r["vs"]): r["ratio"] for r in doc["ratios"] if r["vs"] != "ceiling"}
@@ -96,12 +180,22 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
             f"{r['max_ms']:.1f}",
             str(r["errors"]),
             f"{r['cpu_us_per_op']:.0f}",
+            _server_us(r),
             f"{rat[(r['scenario'], 'naive')]:.2f}×"
             if sk and (r["scenario"], "naive") in rat
             else "",
-            f"{rat[(r['scenario'], 'peer')]:.2f}×" if sk and (r["scenario"], "peer") in rat else "",
+            _min_peer(rat, r["scenario"]) if sk else "",
         )
     console.print(table)
+    for title, lines in (
+        ("concurrency sweep:", sweep_lines(doc)),
+        ("cluster:", cluster_lines(doc)),
+        ("several client processes:", process_lines(doc)),
+    ):
+        if lines:
+            console.print(title)
+            for line in lines:
+                console.print(escape(line))
     ceiling = doc["ceiling"]
     for key, val in ceiling.items():
         if isinstance(val, dict):
@@ -123,6 +217,11 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
             console.print(line)
 
 
+def _server_us(r: dict[str, Any]) -> str:
+    v = r.get("server_us_per_op")
+    return "" if v is None else f"{v:.1f}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     c = doc["conditions"]
     lines = [
@@ -136,14 +235,15 @@ def markdown(doc: dict[str, Any]) -> str:
         + (f", at most {c['max_ops']} ops" if c.get("max_ops") else ""),
         f"- commit {c['git_commit']}, command `{c['command']}`",
         "",
-        "| scenario | impl | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | CPU µs/op |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | impl | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | CPU µs/op "
+        "| server µs/op |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in doc["results"]:
         lines.append(
             f"| {r['scenario']} | {r['impl']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.3f} | "
             f"{r['p99_ms']:.3f} | {r['p999_ms']:.3f} | {r['max_ms']:.1f} | {r['errors']} | "
-            f"{r['cpu_us_per_op']:.0f} |"
+            f"{r['cpu_us_per_op']:.0f} | {_server_us(r)} |"
         )
     lines += ["", "| scenario | vs | ratio |", "| --- | --- | ---: |"]
     for r in doc["ratios"]:
@@ -160,6 +260,13 @@ def markdown(doc: dict[str, Any]) -> str:
     for name, val in doc["memory"].items():
         if isinstance(val, dict):
             lines.append(f"- {name}: {val['bytes_per_session']:.0f} bytes per session")
+    for title, extra in (
+        ("Concurrency sweep:", sweep_lines(doc)),
+        ("Cluster:", cluster_lines(doc)),
+        ("Several client processes:", process_lines(doc)),
+    ):
+        if extra:
+            lines += ["", title, "", *extra]
     if doc.get("worst_case"):
         lines += ["", "Worst case (one user at the cap, fresh server):", ""]
         lines += worst_case.lines(doc["worst_case"])
@@ -192,7 +299,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax1.set_yscale("log")
     ax1.legend(loc="upper right", fontsize=8)
     ax1.set_title(
-        f"sessionkit vs naive vs peer — concurrency {doc['conditions']['concurrency']}, "
+        f"sessionkit vs naive vs peers — concurrency {doc['conditions']['concurrency']}, "
         f"{doc['conditions']['cpu_count']} CPUs, {doc['conditions']['server_short']}"
     )
     ax2.set_ylabel("p99 latency, ms (log)")

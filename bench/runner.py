@@ -8,8 +8,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
+from redis.asyncio.cluster import RedisCluster
 
 from bench.impls import Impl
 from bench.scenarios import Exhausted, Scenario
@@ -31,6 +33,26 @@ class Result:
     first_error: str | None = None
     setup_s: float = 0.0
     concurrency: int = 0
+    #: Server time per operation: INFO commandstats' usec summed over every
+    #: command (and every node), its change over the timed window / ops.
+    server_us_per_op: float | None = None
+
+
+async def server_usec(client: Any) -> float | None:
+    """Microseconds the server(s) spent in commands so far (None if unknown)."""
+    try:
+        if isinstance(client, RedisCluster):
+            info = await client.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        else:
+            info = await client.info("commandstats")
+    except Exception:
+        return None
+    # One server: {"cmdstat_get": {...}}; a cluster: {node: {"cmdstat_get": {...}}}.
+    single = any(str(k).startswith("cmdstat_") for k in info)
+    total = 0.0
+    for node in [info] if single else info.values():
+        total += sum(float(v["usec"]) for k, v in node.items() if str(k).startswith("cmdstat_"))
+    return total
 
 
 async def run_scenario(
@@ -43,14 +65,17 @@ async def run_scenario(
     scale: float,
     seed: int = 1,
     tick: Callable[[float], None] | None = None,
+    state: Any = None,
 ) -> Result:
-    """Prepare the scenario (not timed), then drive it for `duration` seconds
-    or `max_ops` operations, whichever ends first."""
+    """Prepare the scenario (not timed) unless `state` is what an earlier
+    run prepared, then drive it for `duration` seconds or `max_ops`
+    operations, whichever ends first."""
     if scenario.max_concurrency:
         concurrency = min(concurrency, scenario.max_concurrency)
     rng = random.Random(seed)
     prep0 = time.perf_counter()
-    state = await scenario.prepare(impl, rng, scale)
+    if state is None:
+        state = await scenario.prepare(impl, rng, scale)
     setup_s = time.perf_counter() - prep0
     hist = HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 µs .. 60 s
     done = 0
@@ -92,6 +117,7 @@ async def run_scenario(
             if elapsed >= duration:
                 stop = True
 
+    usec0 = await server_usec(impl.client)
     cpu0, t0 = time.process_time(), time.perf_counter()
     clock = asyncio.create_task(timer())
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -99,6 +125,7 @@ async def run_scenario(
     cpu = time.process_time() - cpu0
     stop = True
     clock.cancel()
+    usec1 = await server_usec(impl.client)
     n = hist.get_total_count()
     return Result(
         scenario=scenario.name,
@@ -115,4 +142,7 @@ async def run_scenario(
         first_error=first_error,
         setup_s=round(setup_s, 2),
         concurrency=concurrency,
+        server_us_per_op=(
+            round((usec1 - usec0) / n, 1) if n and usec0 is not None and usec1 is not None else None
+        ),
     )

@@ -363,24 +363,35 @@ class Transport:
         """Several commands (each safe to repeat), each routed by its key: one
         batch per server (per node on a cluster). Each one's reply, or the
         error it got: the server's refusal as redis-py's exception (callers
-        accept some, such as BUSYGROUP), any other fault as our error after
-        the retries it allows."""
+        accept some, such as BUSYGROUP), any other fault as our error once
+        the retry policy gives up. The failed part is repeated as a batch."""
         payloads = [(key, pack(*parts)) for key, parts in calls]
-        try:
-            replies = await self._send_many(payloads)
-        except Exception as exc:
-            if classify(exc) is None:
-                raise
-            replies = [exc] * len(payloads)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, BaseException) and classify(reply) is not Fault.REFUSED:
-                key, payload = payloads[i]
-                try:
-                    replies[i] = await self._retrying(
-                        operation, key, payload, None, raw_errors=True
-                    )
-                except SessionKitError as exc:
-                    replies[i] = exc
+        replies: list[Any] = [None] * len(payloads)
+        todo = list(range(len(payloads)))
+        attempts = _Attempts(self, follow_ask=False)
+        while todo:
+            try:
+                got = await self._send_many([payloads[i] for i in todo])
+            except Exception as exc:
+                if classify(exc) is None:
+                    raise
+                got = [exc] * len(todo)
+            failed: list[tuple[int, BaseException]] = []
+            for i, reply in zip(todo, got, strict=True):
+                if isinstance(reply, BaseException) and classify(reply) is not Fault.REFUSED:
+                    failed.append((i, reply))
+                else:
+                    replies[i] = reply
+            if not failed:
+                break
+            if not await attempts.again(failed[0][1]):
+                for i, reply in failed:
+                    replies[i] = error(reply, operation)
+                break
+            for _, reply in failed[1:]:
+                if isinstance(reply, rx.MovedError):
+                    await self.follow(reply)
+            todo = [i for i, _ in failed]
         return replies
 
     async def _send_many(self, payloads: Sequence[tuple[str, bytes]]) -> list[Any]:
@@ -470,10 +481,8 @@ class Transport:
         key: str | None,
         payload: bytes,
         script: Script | None,
-        *,
-        raw_errors: bool = False,
     ) -> Any:
-        broken = redirects = moving = orphaned = 0
+        attempts = _Attempts(self, follow_ask=True)
         ask: tuple[str, int] | None = None
         while True:
             try:
@@ -485,39 +494,21 @@ class Transport:
             ask = None
             if not isinstance(reply, BaseException):
                 return reply
-            fault = classify(reply)
-            if fault is None:
+            if classify(reply) is None:
                 raise reply
-            if fault is Fault.NOSCRIPT and script is not None:
+            if isinstance(reply, rx.NoScriptError) and script is not None:
                 payload = pack("EVAL", script.source, *_arguments(payload))
                 script = None  # EVAL caches it; a second NOSCRIPT is a refusal
                 continue
-            if isinstance(reply, _Orphaned) and orphaned < 3:
-                orphaned += 1  # not this call's fault: out again at once
-                continue
-            if fault is Fault.BROKEN and broken < self.retries:
-                broken += 1
-                await self._after_broken()
-                await anyio.sleep(0.05 * broken)
-                continue
-            if fault is Fault.MOVED and redirects < MAX_REDIRECTS and self.cluster:
-                redirects += 1
-                with contextlib.suppress(Exception):
-                    await _redispy.follow_redirect(self.client, reply)  # type: ignore[arg-type]
-                continue
-            if fault is Fault.ASK and redirects < MAX_REDIRECTS and self.cluster:
-                redirects += 1
-                assert isinstance(reply, rx.AskError)
+            if not await attempts.again(reply):
+                raise error(reply, operation) from reply
+            if isinstance(reply, rx.AskError) and not isinstance(reply, rx.MovedError):
                 ask = (reply.host, reply.port)
-                continue
-            if fault in (Fault.MOVING, Fault.BROKEN) and self.cluster and moving < TOPOLOGY_TRIES:
-                moving += 1
-                await anyio.sleep(TOPOLOGY_PAUSE * moving)
-                await self.reload()
-                continue
-            if raw_errors and fault is Fault.REFUSED:
-                return reply  # the caller judges refusals (BUSYGROUP, NOGROUP…)
-            raise error(reply, operation) from reply
+
+    async def follow(self, moved: rx.MovedError) -> None:
+        """Record a MOVED answer in the client's slot table."""
+        with contextlib.suppress(Exception):
+            await _redispy.follow_redirect(self.client, moved)
 
     async def _after_broken(self) -> None:
         """After a broken connection the idle ones are suspect too (a restart,
@@ -558,6 +549,48 @@ class Transport:
             return await self.client.execute_command(name.decode(), *args)
         except rx.ResponseError as exc:
             return exc
+
+
+class _Attempts:
+    """The retry policy, the one place that decides whether a failed call
+    goes out again: a broken connection `retries` times (after closing the
+    idle ones), MOVED and ASK up to `MAX_REDIRECTS` times, a cluster in
+    motion `TOPOLOGY_TRIES` times with a growing pause and a topology
+    reload, a batch orphaned by its cancelled leader at once. Never a
+    timeout, a refusal or a programming error."""
+
+    def __init__(self, transport: Transport, *, follow_ask: bool) -> None:
+        self.transport = transport
+        self.follow_ask = follow_ask
+        self.broken = self.redirects = self.moving = self.orphaned = 0
+
+    async def again(self, reply: BaseException) -> bool:
+        """Whether to send the call again, having done what that needs."""
+        t = self.transport
+        fault = classify(reply)
+        if isinstance(reply, _Orphaned) and self.orphaned < 3:
+            self.orphaned += 1  # not this call's fault: out again at once
+            return True
+        if fault is Fault.BROKEN and self.broken < t.retries:
+            self.broken += 1
+            await t._after_broken()
+            await anyio.sleep(0.05 * self.broken)
+            return True
+        if fault is Fault.MOVED and t.cluster and self.redirects < MAX_REDIRECTS:
+            self.redirects += 1
+            assert isinstance(reply, rx.MovedError)
+            await t.follow(reply)
+            return True
+        if fault is Fault.ASK and t.cluster and self.follow_ask and self.redirects < MAX_REDIRECTS:
+            self.redirects += 1
+            return True
+        moving = fault in (Fault.MOVING, Fault.BROKEN, Fault.ASK)
+        if moving and t.cluster and self.moving < TOPOLOGY_TRIES:
+            self.moving += 1
+            await anyio.sleep(TOPOLOGY_PAUSE * self.moving)
+            await t.reload()
+            return True
+        return False
 
 
 def _decode(payload: bytes) -> list[bytes]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.impls import PEER_OPS
+from bench.impls import PEER_OPS, PEERS, make_impls
 from bench.naive import NaiveStore
 from bench.scenarios import SCENARIOS
 from tests.conftest import Backend
@@ -49,12 +49,16 @@ def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
         [
             sys.executable, "-m", "bench", "--quick", "--ops", "60",
             "--redis-url", server_url, "--json", str(out), "--results", str(tmp_path / "r"),
+            "--processes", "2",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert set(doc) == {"conditions", "results", "ratios", "ceiling", "memory", "worst_case"}
+    assert set(doc) == {
+        "conditions", "results", "ratios", "ceiling", "memory", "worst_case",
+        "sweep", "cluster", "processes",
+    }  # fmt: skip
     assert set(doc["worst_case"]) == {"1000", "100"}
     for figures in doc["worst_case"].values():
         for op in ("list", "add_groups", "remove_groups", "delete_all", "create_at_cap"):
@@ -68,13 +72,26 @@ def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
     for scenario in SCENARIOS:
         for impl in ("sessionkit", "naive"):
             assert (scenario.name, impl) in seen
-        assert ((scenario.name, "peer") in seen) == (scenario.needs <= PEER_OPS)
-    for r in doc["results"]:
+        for peer in PEERS:
+            assert ((scenario.name, peer) in seen) == (scenario.needs <= PEER_OPS)
+    for r in doc["results"] + doc["sweep"]:
         assert set(r) >= RESULT_KEYS
         assert r["errors"] == 0, r
         assert r["ops_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"]
+        assert r["server_us_per_op"] > 0, r
+    swept = {(r["scenario"], r["impl"], r["concurrency"]) for r in doc["sweep"]}
+    for impl in ("sessionkit", "naive", *PEERS):
+        for c in (1, 10, 50, 200):
+            assert {("resolve", impl, c), ("create", impl, c)} <= swept
+    for op in ("resolve", "create"):
+        assert doc["cluster"][op]["ops_per_s"] > 0 and doc["cluster"][op]["errors"] == 0
+        assert doc["cluster"][op]["ratio"] > 0
+        assert doc["processes"][op]["ops_per_s"] > 0 and doc["processes"][op]["errors"] == 0
+        assert len(doc["processes"][op]["per_process"]) == 2
+        assert doc["processes"][op]["share_of_ceiling"] > 0
     vs = {(r["scenario"], r["vs"]) for r in doc["ratios"]}
-    assert ("create", "naive") in vs and ("resolve", "peer") in vs
+    assert ("create", "naive") in vs
+    assert all(("resolve", peer) in vs for peer in PEERS)
     assert ("resolve", "ceiling") in vs
     assert doc["ceiling"]["resolve_pipelined"]["ops_per_s"] > 0
     assert doc["memory"]["sessionkit"]["bytes_per_session"] > 0
@@ -89,3 +106,23 @@ def test_unknown_scenario_is_refused() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "unknown scenario" in proc.stderr
+
+
+@pytest.mark.server
+async def test_group_scenarios_toggle_one_group_so_sessions_keep_their_size(
+    server_url: str, prefix: str
+) -> None:
+    import random
+
+    from sessionkit import SessionStore
+
+    scenario = next(s for s in SCENARIOS if s.name == "add_groups[k=10]")
+    async with SessionStore.from_url(server_url) as sk:
+        impl = make_impls(sk.client, prefix, ["sessionkit"], False)[0]
+        state = await scenario.prepare(impl, random.Random(1), 0.001)
+        rng = random.Random(2)
+        changed = [await scenario.step(impl, state, rng) for _ in range(4 * len(state["users"]))]
+        assert all(n == 10 for n in changed)  # every call changed every session
+        for user in state["users"]:
+            for session in await impl.store.list(user):
+                assert session.access_groups == ["member"]  # added, then removed again
