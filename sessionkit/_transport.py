@@ -190,14 +190,35 @@ class _Connections:
 
 
 class _PoolConnections(_Connections):
+    """A redis-py pool, with the last connection given back kept at hand:
+    a caller that makes one call at a time reuses it without the pool's
+    lock and checks (it is still the pool's, counted as in use, and closed
+    with the pool)."""
+
     def __init__(self, pool: Any) -> None:
         self.pool = pool
+        self.spare: Any = None
 
     async def get(self) -> Any:
+        conn, self.spare = self.spare, None
+        if conn is not None and conn.is_connected:
+            return conn
+        if conn is not None:
+            await _redispy.release(self.pool, conn)
         return await _redispy.acquire(self.pool)
 
     async def put(self, conn: Any) -> None:
-        await _redispy.release(self.pool, conn)
+        if self.spare is None and conn.is_connected:
+            self.spare = conn
+        else:
+            await _redispy.release(self.pool, conn)
+
+    async def drop(self) -> None:
+        """Give the spare back and close the pool's idle connections."""
+        conn, self.spare = self.spare, None
+        if conn is not None:
+            await _redispy.release(self.pool, conn)
+        await _redispy.drop_idle(self.pool)
 
 
 class _NodeConnections(_Connections):
@@ -337,7 +358,7 @@ class Transport:
         self.client = client
         self.retries = retries
         self.cluster = isinstance(client, RedisCluster)
-        self._single: tuple[_Lane, _Connections] | None = None
+        self._single: tuple[_Lane, _PoolConnections] | None = None
         if not self.cluster and _redispy.is_redis_py_client(client):
             self._single = (_Lane(), _PoolConnections(client.connection_pool))
         self._batching = batching
@@ -378,7 +399,16 @@ class Transport:
                 got = [exc] * len(todo)
             failed: list[tuple[int, BaseException]] = []
             for i, reply in zip(todo, got, strict=True):
-                if isinstance(reply, BaseException) and classify(reply) is not Fault.REFUSED:
+                fault = classify(reply) if isinstance(reply, BaseException) else None
+                if fault is Fault.ASK:  # a slot mid-move: this one alone, after ASKING
+                    key, payload = payloads[i]
+                    try:
+                        replies[i] = await self._retrying(
+                            operation, key, payload, None, refusals=True
+                        )
+                    except SessionKitError as exc:
+                        replies[i] = exc
+                elif fault is not None and fault is not Fault.REFUSED:
                     failed.append((i, reply))
                 else:
                     replies[i] = reply
@@ -481,7 +511,11 @@ class Transport:
         key: str | None,
         payload: bytes,
         script: Script | None,
+        *,
+        refusals: bool = False,
     ) -> Any:
+        """Send one call until it gets a reply or the retry policy gives up;
+        with `refusals`, the server's refusal is returned, not raised."""
         attempts = _Attempts(self, follow_ask=True)
         ask: tuple[str, int] | None = None
         while True:
@@ -500,6 +534,8 @@ class Transport:
                 payload = pack("EVAL", script.source, *_arguments(payload))
                 script = None  # EVAL caches it; a second NOSCRIPT is a refusal
                 continue
+            if refusals and classify(reply) is Fault.REFUSED:
+                return reply
             if not await attempts.again(reply):
                 raise error(reply, operation) from reply
             if isinstance(reply, rx.AskError) and not isinstance(reply, rx.MovedError):
@@ -515,6 +551,9 @@ class Transport:
         a failover, CLIENT KILL): close them so the retry dials anew."""
         if self.cluster:
             await self.reload()
+        elif self._single is not None:
+            with contextlib.suppress(Exception):
+                await self._single[1].drop()
         elif isinstance(self.client, aioredis.Redis):
             with contextlib.suppress(Exception):
                 await _redispy.drop_idle(self.client.connection_pool)
