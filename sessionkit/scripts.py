@@ -1,6 +1,6 @@
 """The Lua scripts, loaded from the ``lua/`` package folder.
 
-Each script is ``_lib.lua`` followed by its own file: one static source per
+Each script is what it uses of ``_lib.lua`` followed by its own file: one static source per
 operation, so user data travels only in KEYS and ARGV. Scripts run by
 EVALSHA; a server that does not know the script (``NOSCRIPT`` after a restart,
 a failover or ``SCRIPT FLUSH``) gets it by EVAL, which also caches it there.
@@ -9,6 +9,7 @@ a failover or ``SCRIPT FLUSH``) gets it by EVAL, which also caches it there.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -32,11 +33,51 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
+_DEFINITION = re.compile(r"^local (?:function )?([\w, ]+?)(?:\(| =|$)", re.M)
+_WORD = re.compile(r"[A-Za-z_]\w*")
+_COMMENT = re.compile(r"--.*")
+
+
+def _helpers(lib: str, body: str) -> str:
+    """The definitions of `lib` that `body` uses, directly or through each
+    other, in their order: every helper defined costs every call of the
+    script a closure, so a script carries only its own. A definition starts
+    at a top-level ``local`` line (with the comment lines just before it)
+    and runs to the next one."""
+    starts: list[int] = []
+    defined: list[set[str]] = []
+    for m in _DEFINITION.finditer(lib):
+        start = m.start()
+        while True:  # take in the comment lines right above
+            above = lib.rfind("\n", 0, start - 1) + 1
+            if start == 0 or not lib.startswith("--", above):
+                break
+            start = above
+        starts.append(start)
+        defined.append({n.strip() for n in m.group(1).split(",")})
+    blocks: list[tuple[set[str], str]] = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(lib)
+        blocks.append((defined[i], lib[start:end]))
+    wanted = set(_WORD.findall(_COMMENT.sub("", body)))
+    keep = [False] * len(blocks)
+    changed = True
+    while changed:  # the uses of what is kept, until nothing new
+        changed = False
+        for i in reversed(range(len(blocks))):
+            names, text = blocks[i]
+            if not keep[i] and names & wanted:
+                keep[i] = changed = True
+                wanted |= set(_WORD.findall(_COMMENT.sub("", text)))
+    head = lib[: starts[0]] if starts else lib
+    return head + "".join(text for (_, text), k in zip(blocks, keep, strict=True) if k)
+
+
 def _load(name: str, *, lib: bool = True) -> Script:
     folder = resources.files("sessionkit") / "lua"
     source = (folder / f"{name}.lua").read_text("utf-8")
     if lib:
-        source = (folder / "_lib.lua").read_text("utf-8") + "\n" + source
+        source = _helpers((folder / "_lib.lua").read_text("utf-8"), source) + "\n" + source
     sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
     return Script(name, source, sha, b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % sha.encode())
 

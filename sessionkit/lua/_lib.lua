@@ -1,5 +1,8 @@
--- Shared helpers: sessionkit.scripts prepends this file to every script
--- before loading it, so each script stays one static source on the server.
+-- Shared helpers: sessionkit.scripts prepends to every script the
+-- definitions of this file that the script uses (each one defined costs
+-- every call a closure), so each script stays one static source on the
+-- server. A definition is a top-level `local` line, the comment lines
+-- right above it, and what follows up to the next one.
 --
 -- Stored session value (a Redis string, offsets 1-based):
 --   [1]       layout version, "\1"; a value of another version is never
@@ -32,11 +35,16 @@ local DIGEST_FROM, DIGEST_TO = 44, 65
 -- the field-value pairs of a batched HSET are never split.
 local BATCH = 1000
 
--- Server time as {ms, µs}.
+-- Server time as {ms, µs}, read once per script run: every step of one
+-- change sees the same time.
+local clock_ms, clock_us
 local function clock()
-  local t = redis.call('TIME')
-  local s, us = tonumber(t[1]), tonumber(t[2])
-  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+  if not clock_ms then
+    local t = redis.call('TIME')
+    local s, us = tonumber(t[1]), tonumber(t[2])
+    clock_ms, clock_us = s * 1000 + math.floor(us / 1000), s * 1000000 + us
+  end
+  return clock_ms, clock_us
 end
 
 local function now_ms()
