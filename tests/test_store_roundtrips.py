@@ -85,3 +85,15 @@ async def test_scripts_are_reloaded_after_script_flush(
     assert await store.add_groups("alice", "b") == 1
     await backend.flush_scripts()
     assert [x.access_groups for x in await store.list("alice")] == [["a", "b"]]
+
+
+def test_each_script_carries_only_the_helpers_it_uses() -> None:
+    from sessionkit.scripts import Scripts
+
+    assert "local function emit" not in Scripts.get.source  # a read writes no event
+    assert "local function batched" not in Scripts.get.source
+    for script in (Scripts.create, Scripts.delete, Scripts.delete_all, Scripts.groups):
+        assert "local function emit" in script.source, script.name
+    # Helpers come before the script's own code, each defined once.
+    for script in (Scripts.create, Scripts.get, Scripts.list, Scripts.groups):
+        assert script.source.count("local function clock()") == 1, script.name
