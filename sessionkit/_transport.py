@@ -59,28 +59,37 @@ TOPOLOGY_PAUSE: Final = 0.05
 # -- packing --------------------------------------------------------------
 
 
+def _bulks(out: list[bytes], parts: Sequence[Any]) -> None:
+    """Append each part as a RESP bulk string (str, bytes, int; a bool or a
+    float is a programming error)."""
+    append = out.append
+    for value in parts:
+        kind = type(value)
+        if kind is str:
+            b = value.encode()
+        elif kind is bytes:
+            b = value
+        elif kind is int:
+            b = b"%d" % value
+        else:
+            raise TypeError(f"cannot send {kind.__name__} to the server")
+        append(b"$%d\r\n%b\r\n" % (len(b), b))
+
+
 def pack(*parts: str | bytes | int) -> bytes:
     """One command in RESP (str, bytes or int arguments), as redis-py packs it."""
     out = [b"*%d\r\n" % len(parts)]
-    append = out.append
-    for value in parts:
-        if isinstance(value, bytes):
-            b = value
-        elif isinstance(value, str):
-            b = value.encode()
-        elif isinstance(value, int) and not isinstance(value, bool):
-            b = b"%d" % value
-        else:
-            raise TypeError(f"cannot send {type(value).__name__} to the server")
-        append(b"$%d\r\n" % len(b))
-        append(b)
-        append(b"\r\n")
+    _bulks(out, parts)
     return b"".join(out)
 
 
 def pack_script(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:
     """EVALSHA of `script` (the hot path of every store call)."""
-    return pack("EVALSHA", script.sha, len(keys), *keys, *args)
+    n = len(keys)
+    out = [b"*%d\r\n%b$%d\r\n%d\r\n" % (3 + n + len(args), script.resp_head, len(b"%d" % n), n)]
+    _bulks(out, keys)
+    _bulks(out, args)
+    return b"".join(out)
 
 
 def pack_eval(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:
