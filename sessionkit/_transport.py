@@ -46,6 +46,10 @@ from sessionkit.scripts import Script
 #: Most commands written in one batch.
 MAX_BATCH: Final = 512
 
+#: Exchanges in flight at once on one lane (server or cluster node): one
+#: being read while the next is written.
+MAX_IN_FLIGHT: Final = 2
+
 #: How many times a call follows MOVED / ASK before it gives up.
 MAX_REDIRECTS: Final = 16
 
@@ -178,14 +182,22 @@ class _Call:
 
 
 class _Lane:
-    """One server, or one cluster node: its queue of overlapping calls and
-    the count of batches in flight on it."""
+    """One server, or one cluster node: its queue of overlapping calls, the
+    count of exchanges in flight on it, and the leader waiting to send."""
 
-    __slots__ = ("busy", "queue")
+    __slots__ = ("busy", "queue", "waiters")
 
     def __init__(self) -> None:
         self.busy = 0
         self.queue: list[_Call] = []
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def wake(self) -> None:
+        """An exchange ended: a waiting leader may send now."""
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
 
 class _Connections:
@@ -321,6 +333,7 @@ async def _send_on(
             return (await _exchange(source, (_Call(payload),)))[0]
         finally:
             lane.busy -= 1
+            lane.wake()
     call = _Call(payload, asyncio.get_running_loop().create_future())
     lane.queue.append(call)
     if len(lane.queue) == 1:
@@ -330,31 +343,51 @@ async def _send_on(
 
 
 async def _lead(lane: _Lane, source: _Connections) -> None:
-    """Send the lane's queue, this tick's calls included, in batches."""
+    """Send the lane's queue once fewer than `MAX_IN_FLIGHT` exchanges are
+    out on the lane: the calls that came meanwhile (this tick's at least) go
+    as one batch. Bounding what is in flight makes the batches as large as
+    the load: a write (a system call that wakes the server) is the dearest
+    step of a call."""
+    await asyncio.sleep(0)  # the other calls of this tick join the batch
+    try:
+        while lane.busy >= MAX_IN_FLIGHT:
+            waiter = asyncio.get_running_loop().create_future()
+            lane.waiters.append(waiter)
+            await waiter
+    except asyncio.CancelledError:
+        # The calls queued behind this task go out again at once, under a
+        # leader of their own.
+        _fail(lane.queue, _Orphaned("the call leading this batch was cancelled"))
+        lane.queue = []
+        raise
+    pending, lane.queue = lane.queue, []
     lane.busy += 1
     try:
-        await asyncio.sleep(0)  # the other calls of this tick join the batch
-        while lane.queue:
-            batch, lane.queue = lane.queue[:MAX_BATCH], lane.queue[MAX_BATCH:]
+        for start in range(0, len(pending), MAX_BATCH):
+            batch = pending[start : start + MAX_BATCH]
             try:
                 replies = await _exchange(source, batch)
             except BaseException as exc:
                 # Cancelled before its connection was in use, or could not
                 # get one: the batch fails as a whole, and so do the calls
-                # queued behind it, which this task was to send.
+                # behind it, which this task was to send.
                 failure: BaseException = exc
                 if isinstance(exc, asyncio.CancelledError):
                     failure = _Orphaned("the call leading this batch was cancelled")
-                rest, lane.queue = lane.queue, []
-                for c in (*batch, *rest):
-                    if c.future is not None and not c.future.done():
-                        c.future.set_result(failure)
+                _fail(pending[start:], failure)
                 raise
             for c, reply in zip(batch, replies, strict=True):
                 if c.future is not None and not c.future.done():
                     c.future.set_result(reply)
     finally:
         lane.busy -= 1
+        lane.wake()
+
+
+def _fail(calls: Sequence[_Call], failure: BaseException) -> None:
+    for c in calls:
+        if c.future is not None and not c.future.done():
+            c.future.set_result(failure)
 
 
 # -- the transport --------------------------------------------------------

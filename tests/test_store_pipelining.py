@@ -87,12 +87,17 @@ async def test_cancelled_callers_leave_the_connection_in_step(
 ) -> None:
     store, _ = named
     made = [await store.create(f"c{i}") for i in range(50)]
-    for _ in range(5):
+    for delay in (0, 0, 0.0005, 0.001, 0.002):
         tasks = [asyncio.ensure_future(store.resolve(s.token or "")) for s in made]
-        await asyncio.sleep(0)
+        await asyncio.sleep(delay)  # cancelled queued, leading, or mid-read
         for t in tasks[::3]:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        # The calls that were not cancelled get their own sessions, whoever
+        # was leading their batch.
+        for i, (s, r) in enumerate(zip(made, results, strict=True)):
+            if i % 3:
+                assert getattr(r, "id", None) == s.id, r
     got = await asyncio.gather(*(store.resolve(s.token or "") for s in made))
     assert [g.id if g else None for g in got] == [s.id for s in made]
 
