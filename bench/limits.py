@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 import hiredis
@@ -20,35 +21,31 @@ import redis.asyncio as aioredis
 
 from bench.impls import UA, Impl
 from sessionkit import SessionStore, keys
-from sessionkit._transport import pack_script as pack_evalsha
+from sessionkit._transport import pack_script
 from sessionkit.model import encode_body
-from sessionkit.scripts import Scripts
+from sessionkit.scripts import Settings, create_call, get_call
 
 
-def _resolve_commands(prefix: str, tokens: list[str]) -> list[bytes]:
-    """The resolve script's EVALSHA for each token, packed as the store packs it."""
+def _resolve_commands(settings: Settings, tokens: list[str]) -> list[bytes]:
+    """The resolve script's EVALSHA for each token, as the store makes it."""
     out = []
     for t in tokens:
         bucket = keys.token_bucket(t)
         assert bucket is not None
-        sid = keys.session_id(t)
-        key_names = (keys.session_key(prefix, bucket, sid), keys.user_prefix(prefix, bucket))
-        out.append(pack_evalsha(Scripts.get, key_names, ("", sid, 0, 60_000)))
+        out.append(pack_script(*get_call(settings, bucket, keys.session_id(t))))
     return out
 
 
-def _create_commands(prefix: str, n: int, events: bool) -> list[bytes]:
+def _create_commands(settings: Settings, n: int) -> list[bytes]:
     """`n` create-script calls for fresh tokens over 10,000 users, as the
     benchmarked store makes them."""
-    store = SessionStore(aioredis.Redis(), prefix=prefix, pipelining=False, events=events)
     out = []
     for i in range(n):
         uid = f"ceiling-{i % 10_000}"
         digest, bucket = keys.user_digest(uid)
         sid = keys.session_id(keys.new_token(bucket))
         body = encode_body(uid, UA, {})
-        call = store._create_call(uid, digest, bucket, sid, body, ("member",))
-        out.append(pack_evalsha(Scripts.create, *call))
+        out.append(pack_script(*create_call(settings, uid, digest, bucket, sid, body, ("member",))))
     return out
 
 
@@ -90,9 +87,9 @@ def _main() -> None:
     out = []
     for cfg in json.loads(sys.stdin.read()):
         if cfg["op"] == "resolve":
-            commands = _resolve_commands(cfg["prefix"], cfg["tokens"])
+            commands = _resolve_commands(Settings(**cfg["settings"]), cfg["tokens"])
         else:
-            commands = _create_commands(cfg["prefix"], cfg["n"], cfg["events"])
+            commands = _create_commands(Settings(**cfg["settings"]), cfg["n"])
         out.append(
             asyncio.run(
                 _drive(
@@ -124,8 +121,7 @@ async def measure_ceiling(
     cfgs = [
         {
             "op": op,
-            "prefix": store.prefix,
-            "events": store.events,
+            "settings": asdict(store.settings),
             "tokens": tokens[:5000],
             "n": max(20_000, int(40_000 * seconds)),
             "host": host,

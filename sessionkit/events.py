@@ -44,7 +44,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from sessionkit import _transport, keys
 from sessionkit.errors import BackendError, BackendUnavailable, SessionKitError, ValidationError
-from sessionkit.scripts import Scripts
+from sessionkit.scripts import Scripts, read_events_args
 from sessionkit.store import SessionStore
 
 EventType = Literal[
@@ -268,9 +268,7 @@ class _Streams:
         script = Scripts.read_events
 
         async def on(node: Any, names: list[str]) -> Any:
-            args: list[str | int] = [group, consumer, count]
-            for n in names:
-                args += (n, ids[n])
+            args = read_events_args(group, consumer, count, {n: ids[n] for n in names})
             return await self.transport.on_node("events", node, script, *args)
 
         entries: list[Any] = []

@@ -12,9 +12,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
+import msgspec
 from redis.exceptions import NoScriptError
+
+from sessionkit import keys
+from sessionkit.defaults import MAX_GROUPS_PER_SESSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,4 +101,132 @@ class Scripts:
 
     @classmethod
     def all(cls) -> tuple[Script, ...]:
-        return (cls.create, cls.get, cls.list, cls.delete, cls.delete_all, cls.groups)
+        """Every script above (what `SessionStore.load_scripts` loads)."""
+        return tuple(v for v in vars(cls).values() if isinstance(v, Script))
+
+
+# -- one call builder per script, beside its contract in the .lua file ------
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the scripts take from a store's settings."""
+
+    prefix: str
+    lifetime_ms: int
+    idle_timeout_ms: int
+    max_sessions_per_user: int
+    touch_interval_ms: int
+    #: The event streams' cap; 0 turns events off (and the user id is not sent).
+    events_maxlen: int
+
+
+class Call(NamedTuple):
+    """One script call: what `Transport.call` sends."""
+
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
+def _user_keys(s: Settings, bucket: int, digest: str) -> tuple[str, str, str]:
+    """The user's index, order and groups keys."""
+    return (
+        keys.index_key(s.prefix, bucket, digest),
+        keys.order_key(s.prefix, bucket, digest),
+        keys.groups_key(s.prefix, bucket, digest),
+    )
+
+
+def _events(s: Settings, uid: str, groups: tuple[str, ...] | None = None) -> tuple[Any, ...]:
+    """The event arguments: the stream cap (0: none), the user id and, for
+    scripts that take groups, the groups as JSON."""
+    if not s.events_maxlen:
+        return (0, "") if groups is None else (0, "", "")
+    if groups is None:
+        return (s.events_maxlen, uid)
+    return (s.events_maxlen, uid, msgspec.json.encode(groups))
+
+
+def create_call(
+    s: Settings, uid: str, digest: str, bucket: int, sid: str, body: bytes, groups: tuple[str, ...]
+) -> Call:
+    return Call(
+        Scripts.create,
+        (
+            keys.session_key(s.prefix, bucket, sid),
+            *_user_keys(s, bucket, digest),
+            keys.user_prefix(s.prefix, bucket),
+            keys.events_key(s.prefix, bucket),
+        ),
+        (
+            sid,
+            digest,
+            s.lifetime_ms,
+            s.idle_timeout_ms,
+            s.max_sessions_per_user,
+            body,
+            *_events(s, uid, groups),
+            *groups,
+        ),
+    )
+
+
+def get_call(s: Settings, bucket: int, sid: str, digest: str = "") -> Call:
+    """A read by session id: of this user's session (`digest`), or of
+    whoever's it is (no digest: resolve)."""
+    return Call(
+        Scripts.get,
+        (keys.session_key(s.prefix, bucket, sid), keys.user_prefix(s.prefix, bucket)),
+        (digest, sid, s.idle_timeout_ms, s.touch_interval_ms),
+    )
+
+
+def list_call(s: Settings, bucket: int, digest: str) -> Call:
+    return Call(
+        Scripts.list, (*_user_keys(s, bucket, digest), keys.user_prefix(s.prefix, bucket)), ()
+    )
+
+
+def delete_call(s: Settings, uid: str, digest: str, bucket: int, sid: str) -> Call:
+    return Call(
+        Scripts.delete,
+        (
+            keys.session_key(s.prefix, bucket, sid),
+            *_user_keys(s, bucket, digest),
+            keys.events_key(s.prefix, bucket),
+        ),
+        (digest, sid, *_events(s, uid)),
+    )
+
+
+def delete_all_call(s: Settings, uid: str, digest: str, bucket: int, keep: str) -> Call:
+    return Call(
+        Scripts.delete_all,
+        (
+            *_user_keys(s, bucket, digest),
+            keys.user_prefix(s.prefix, bucket),
+            keys.events_key(s.prefix, bucket),
+        ),
+        (keep, *_events(s, uid)),
+    )
+
+
+def groups_call(
+    s: Settings, mode: str, uid: str, digest: str, bucket: int, groups: tuple[str, ...]
+) -> Call:
+    return Call(
+        Scripts.groups,
+        (*_user_keys(s, bucket, digest), keys.events_key(s.prefix, bucket)),
+        (mode, MAX_GROUPS_PER_SESSION, *_events(s, uid, groups), *groups),
+    )
+
+
+def read_events_args(group: str, consumer: str, count: int, ids: dict[str, str]) -> tuple[Any, ...]:
+    """The cluster event read's arguments (a keyless script run per node):
+    the group, the consumer, the count, then each stream and the id to read
+    after."""
+    args: list[Any] = [group, consumer, count]
+    for name, after in ids.items():
+        args += (name, after)
+    return tuple(args)

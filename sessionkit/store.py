@@ -8,16 +8,15 @@ import functools
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from sessionkit import _transport, keys, validate
+from sessionkit import _transport, keys, scripts, validate
 from sessionkit.defaults import (
     EVENTS_MAXLEN,
     LIFETIME,
@@ -32,12 +31,15 @@ from sessionkit.defaults import (
 from sessionkit.errors import LimitExceeded, ValidationError
 from sessionkit.model import Session, decode_session, encode_body, unpack_listing
 from sessionkit.observe import Observer
-from sessionkit.scripts import Script, Scripts
+from sessionkit.scripts import Scripts
 
 if TYPE_CHECKING:
     from sessionkit.metrics import PrometheusMetrics
 
 Client = aioredis.Redis | RedisCluster
+#: What `SessionStore.revoke` did.
+Revoked = Literal["deleted", "none", "another_user"]
+_REVOKED: dict[int, Revoked] = {1: "deleted", 0: "none", -1: "another_user"}
 Duration = int | float | timedelta
 
 P = ParamSpec("P")
@@ -143,6 +145,15 @@ class SessionStore:
         self.metrics = self._observer.metrics if self._observer else None
         self._owns_client = False
         self.transport = _transport.Transport(client, batching=pipelining, retries=retries)
+        #: What the scripts take from these settings (see `sessionkit.scripts`).
+        self.settings = scripts.Settings(
+            prefix=self.prefix,
+            lifetime_ms=self.lifetime_ms,
+            idle_timeout_ms=self.idle_timeout_ms,
+            max_sessions_per_user=self.max_sessions_per_user,
+            touch_interval_ms=self.touch_interval_ms,
+            events_maxlen=self.events_maxlen if events else 0,
+        )
 
     @classmethod
     def from_url(
@@ -256,44 +267,12 @@ class SessionStore:
         groups: tuple[str, ...],
     ) -> Session:
         sid = keys.session_id(token)
-        reply = await self._run(
-            Scripts.create, *self._create_call(uid, digest, bucket, sid, body, groups)
-        )
+        call = scripts.create_call(self.settings, uid, digest, bucket, sid, body, groups)
+        reply = await self.transport.call(*call)
         if self.metrics is not None:
             self.metrics.sessions_created()
             self.metrics.sessions_deleted("evicted", len(reply) - 2)
         return decode_session(reply[0], reply[1], sid, token, self.idle_timeout_ms)
-
-    def _user_keys(self, bucket: int, digest: str) -> tuple[str, str, str]:
-        """The user's index, order and groups keys."""
-        return (
-            keys.index_key(self.prefix, bucket, digest),
-            keys.order_key(self.prefix, bucket, digest),
-            keys.groups_key(self.prefix, bucket, digest),
-        )
-
-    def _create_call(
-        self, uid: str, digest: str, bucket: int, sid: str, body: bytes, groups: tuple[str, ...]
-    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        """The create script's keys and arguments (the bench's ceiling client
-        sends the same calls)."""
-        key_names = (
-            keys.session_key(self.prefix, bucket, sid),
-            *self._user_keys(bucket, digest),
-            keys.user_prefix(self.prefix, bucket),
-            keys.events_key(self.prefix, bucket),
-        )
-        args = (
-            sid,
-            digest,
-            self.lifetime_ms,
-            self.idle_timeout_ms,
-            self.max_sessions_per_user,
-            body,
-            *self._event_args(uid, groups),
-            *groups,
-        )
-        return key_names, args
 
     @_observed("get")
     async def get(self, user_id: str, token: str) -> Session | None:
@@ -315,11 +294,7 @@ class SessionStore:
 
     async def _read(self, bucket: int, token: str, digest: str) -> Session | None:
         sid = keys.session_id(token)
-        raw = await self._run(
-            Scripts.get,
-            (keys.session_key(self.prefix, bucket, sid), keys.user_prefix(self.prefix, bucket)),
-            (digest, sid, self.idle_timeout_ms, self.touch_interval_ms),
-        )
+        raw = await self.transport.call(*scripts.get_call(self.settings, bucket, sid, digest))
         if not raw:
             return None
         return decode_session(raw[0], raw[1], sid, token, self.idle_timeout_ms)
@@ -329,11 +304,7 @@ class SessionStore:
         """Every live session of `user_id`, oldest first, without tokens."""
         uid = validate.user_id(user_id)
         digest, bucket = keys.user_digest(uid)
-        reply = await self._run(
-            Scripts.list,
-            (*self._user_keys(bucket, digest), keys.user_prefix(self.prefix, bucket)),
-            (),
-        )
+        reply = await self.transport.call(*scripts.list_call(self.settings, bucket, digest))
         sessions = [
             decode_session(value, entry, sid, None, self.idle_timeout_ms)
             for sid, value, entry in unpack_listing(reply)
@@ -359,17 +330,38 @@ class SessionStore:
             return False  # malformed, or another user's (their bucket differs)
         return await self._delete(uid, digest, bucket, session_id) == 1
 
+    @_observed("revoke")
+    async def revoke(self, user_id: str, token_or_id: str) -> Revoked:
+        """End the session of `user_id` named by its token or its public id,
+        and say what happened: ``"deleted"``; ``"none"`` (no such session:
+        unknown, expired, malformed); ``"another_user"`` (it is someone
+        else's, and nothing is deleted). For "sign out that device"
+        endpoints, which must tell a stale handle from a stranger's."""
+        uid = validate.user_id(user_id)
+        if not isinstance(token_or_id, str):
+            raise ValidationError(
+                f"token_or_id must be text, got {type(token_or_id).__name__}",
+                details={"parameter": "token_or_id"},
+            )
+        sid = (
+            keys.session_id(token_or_id)
+            if keys.token_bucket(token_or_id) is not None
+            else token_or_id
+        )
+        bucket = keys.session_id_bucket(sid)
+        if bucket is None:
+            return "none"
+        digest, user_bucket = keys.user_digest(uid)
+        if bucket == user_bucket:
+            return _REVOKED[await self._delete(uid, digest, bucket, sid)]
+        # Another bucket, so not this user's: only whether it exists is asked.
+        key = keys.session_key(self.prefix, bucket, sid)
+        found = await self.transport.command("revoke", key, "EXISTS", key)
+        return "another_user" if found else "none"
+
     async def _delete(self, uid: str, digest: str, bucket: int, sid: str) -> int:
         """1: deleted; 0: no such session; -1: the session is another user's."""
-        n = await self._run(
-            Scripts.delete,
-            (
-                keys.session_key(self.prefix, bucket, sid),
-                *self._user_keys(bucket, digest),
-                keys.events_key(self.prefix, bucket),
-            ),
-            (digest, sid, *self._event_args(uid)),
-        )
+        n = await self.transport.call(*scripts.delete_call(self.settings, uid, digest, bucket, sid))
         if self.metrics is not None:
             self.metrics.sessions_deleted("deleted", int(n == 1))
         return int(n)
@@ -388,14 +380,8 @@ class SessionStore:
             keep = keys.session_id(except_token)
         elif except_id is not None and keys.session_id_bucket(except_id) == bucket:
             keep = except_id
-        reply = await self._run(
-            Scripts.delete_all,
-            (
-                *self._user_keys(bucket, digest),
-                keys.user_prefix(self.prefix, bucket),
-                keys.events_key(self.prefix, bucket),
-            ),
-            (keep, *self._event_args(uid)),
+        reply = await self.transport.call(
+            *scripts.delete_all_call(self.settings, uid, digest, bucket, keep)
         )
         if self.metrics is not None:
             self.metrics.sessions_deleted("all_deleted", int(reply[0]))
@@ -419,10 +405,8 @@ class SessionStore:
         if not wanted:
             return 0
         digest, bucket = keys.user_digest(uid)
-        reply = await self._run(
-            Scripts.groups,
-            (*self._user_keys(bucket, digest), keys.events_key(self.prefix, bucket)),
-            (mode, MAX_GROUPS_PER_SESSION, *self._event_args(uid, wanted), *wanted),
+        reply = await self.transport.call(
+            *scripts.groups_call(self.settings, mode, uid, digest, bucket, wanted)
         )
         changed = int(reply[0])
         if changed < 0:
@@ -433,18 +417,5 @@ class SessionStore:
             )
         return changed
 
-    def _event_args(self, uid: str, groups: tuple[str, ...] | None = None) -> tuple[Any, ...]:
-        """The scripts' event arguments: the stream cap (0: no events), the
-        user id and, for scripts that take groups, the groups as JSON. With
-        events off the user id is not sent."""
-        if not self.events:
-            return (0, "") if groups is None else (0, "", "")
-        if groups is None:
-            return (self.events_maxlen, uid)
-        return (self.events_maxlen, uid, msgspec.json.encode(groups))
 
-    async def _run(self, script: Script, key_names: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        return await self.transport.call(script, key_names, args)
-
-
-__all__ = ["Client", "Duration", "SessionStore"]
+__all__ = ["Client", "Duration", "Revoked", "SessionStore"]

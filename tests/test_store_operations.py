@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from sessionkit import Session, SessionStore
+from sessionkit import Session, SessionStore, keys
 from tests.conftest import Backend, StoreFactory
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
@@ -227,3 +227,18 @@ async def test_repr_and_str_of_a_session_never_show_its_token(store: SessionStor
     assert "user_id='tess'" in repr(s)
     assert msgspec.json.decode(msgspec.json.encode(s))["token"] == s.token  # JSON keeps it
     assert s.to_dict()["token"] == s.token
+
+
+async def test_revoke_tells_deleted_from_unknown_from_another_users(store: SessionStore) -> None:
+    mine = await store.create("alice")
+    kept = await store.create("alice")
+    theirs = await store.create("bob")
+    assert await store.revoke("alice", mine.id) == "deleted"
+    assert await store.resolve(mine.token or "") is None
+    assert await store.revoke("alice", mine.id) == "none"  # already gone
+    assert await store.revoke("alice", kept.token or "") == "deleted"  # by token too
+    assert await store.revoke("alice", theirs.id) == "another_user"
+    assert await store.revoke("alice", theirs.token or "") == "another_user"
+    assert await store.resolve(theirs.token or "") is not None  # untouched
+    for unknown in (keys.new_token(5), keys.session_id(keys.new_token(900)), "nope", ""):
+        assert await store.revoke("alice", unknown) == "none"

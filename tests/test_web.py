@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sessionkit import Session, SessionStore
+from sessionkit import Session, SessionStore, keys
 from sessionkit.web import (
     SessionMiddleware,
     altogic_routes,
@@ -270,10 +270,13 @@ async def test_altogic_endpoints(store: SessionStore) -> None:
         r = await http.post(f"{base}/signout", json={"token": other_user.id}, headers=hdr)
         assert r.status_code == 403 and r.json()["errors"][0]["code"] == "forbidden"
         assert await store.resolve(other_user.token or "") is not None
-        # An unknown handle: 200, nothing done.
+        # An unknown handle or token, in the user's bucket or any other: 200,
+        # nothing done (the README's promise).
         unknown = phone.id[:10] + ("A" if phone.id[10] != "A" else "B") + phone.id[11:]
-        r = await http.post(f"{base}/signout", json={"token": unknown}, headers=hdr)
-        assert r.status_code == 200 and len(await store.list("gina")) == 3
+        elsewhere = keys.session_id(keys.new_token((keys.user_digest("gina")[1] + 1) % 1024))
+        for handle in (unknown, elsewhere, keys.new_token(3)):
+            r = await http.post(f"{base}/signout", json={"token": handle}, headers=hdr)
+            assert r.status_code == 200 and len(await store.list("gina")) == 3
         r = await http.post(f"{base}/signout", json={"token": tablet.id}, headers=hdr)
         assert r.status_code == 200 and await store.resolve(tablet.token or "") is None
         r = await http.post(f"{base}/signout-all-except", headers=hdr)
@@ -281,6 +284,13 @@ async def test_altogic_endpoints(store: SessionStore) -> None:
         assert [s.id for s in await store.list("gina")] == [me["id"]]
         r = await http.post(f"{base}/signout-all", headers=hdr)
         assert r.status_code == 200 and await store.list("gina") == []
+        r = await http.get(f"{base}/sessions", headers=hdr)
+        assert r.status_code == 401
+        # An empty token means "this session", as altogic's client sends it.
+        me = (await http.post("/login", json={"user": "gina"})).json()
+        hdr = {"Session": me["token"]}
+        r = await http.post(f"{base}/signout", json={"token": ""}, headers=hdr)
+        assert r.status_code == 200 and await store.resolve(me["token"]) is None
         r = await http.get(f"{base}/sessions", headers=hdr)
         assert r.status_code == 401 and r.json()["errors"][0]["code"] == "invalid_session_token"
 

@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 
-from sessionkit import keys
 from sessionkit.model import Session
 from sessionkit.store import SessionStore
 from sessionkit.web.auth import (
@@ -78,23 +77,17 @@ async def _signout(request: Request, current: Session) -> Response:
         except ValueError:
             return AccessDenied(400, "validation_error", "the body is not JSON").response()
     target = body.get("token") if isinstance(body, dict) else None
-    if target is None or target == current.token or target == current.id:
+    if not target or target == current.token or target == current.id:
+        # No token, or an empty one: the client means "this session" (as
+        # altogic's signOut does when it is given none).
         await sign_out(request)
         return JSONResponse({})
     if not isinstance(target, str):
         return AccessDenied(400, "validation_error", "token must be text").response()
-    sid = keys.session_id(target) if keys.token_bucket(target) is not None else target
-    bucket = keys.session_id_bucket(sid)
-    if bucket is None:
-        return JSONResponse({})  # no such session: nothing to do
-    digest, user_bucket = keys.user_digest(current.user_id)
     store = session_state(request).store
-    outcome = -1
-    if bucket == user_bucket:
-        outcome = await store._delete(current.user_id, digest, bucket, sid)
-    if outcome < 0:
+    if await store.revoke(current.user_id, target) == "another_user":
         return AccessDenied(403, "forbidden", "that session belongs to another user").response()
-    return JSONResponse({})
+    return JSONResponse({})  # deleted, or there was no such session
 
 
 @_with_session
