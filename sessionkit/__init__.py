@@ -6,6 +6,7 @@ Cluster hash slot, tokens never stored in the clear.
 
 from sessionkit.errors import (
     BackendError,
+    BackendTimeout,
     BackendUnavailable,
     LimitExceeded,
     SessionKitError,
@@ -17,6 +18,7 @@ from sessionkit.useragent import UserAgent
 
 __all__ = [
     "BackendError",
+    "BackendTimeout",
     "BackendUnavailable",
     "LimitExceeded",
     "Session",

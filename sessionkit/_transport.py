@@ -40,7 +40,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from sessionkit import _redispy
-from sessionkit.errors import BackendError, BackendUnavailable, SessionKitError
+from sessionkit.errors import BackendError, BackendTimeout, BackendUnavailable, SessionKitError
 from sessionkit.scripts import Script
 
 #: Most commands written in one batch.
@@ -150,11 +150,13 @@ def error(exc: BaseException, operation: str) -> SessionKitError:
         return BackendError(
             f"the session server refused {operation}: {exc}", details={"operation": operation}
         )
-    timeout = fault is Fault.TIMEOUT
+    if fault is Fault.TIMEOUT:
+        return BackendTimeout(
+            f"the session server timed out during {operation}: {exc}",
+            details={"operation": operation},
+        )
     return BackendUnavailable(
-        f"the session server {'timed out' if timeout else 'is unreachable'} "
-        f"during {operation}: {exc}",
-        code="backend_timeout" if timeout else "backend_unavailable",
+        f"the session server is unreachable during {operation}: {exc}",
         details={"operation": operation},
     )
 

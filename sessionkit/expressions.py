@@ -19,7 +19,7 @@ from typing import Any
 import cel
 
 from sessionkit.defaults import MAX_COMPREHENSION_DEPTH, MAX_EXPRESSION_BYTES
-from sessionkit.errors import SessionKitError, ValidationError
+from sessionkit.errors import ExpressionError, SessionKitError
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +32,6 @@ class Literal:
 def literal(value: Any) -> Literal:
     """Mark `value` as a literal parameter, e.g. ``literal("admin")``."""
     return Literal(value)
-
-
-class ExpressionError(ValidationError):
-    """A parameter expression does not compile, or fails on the given inputs."""
-
-    code = "expression_error"
 
 
 _MACROS = frozenset({"map", "filter", "all", "exists", "exists_one"})

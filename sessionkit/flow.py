@@ -26,31 +26,10 @@ import anyio
 import msgspec
 
 from sessionkit.defaults import MAX_FLOW_NODES
-from sessionkit.errors import SessionKitError, ValidationError
+from sessionkit.errors import FlowDefinitionError, FlowError, SessionKitError, ValidationError
 from sessionkit.expressions import Literal as LiteralParam
 from sessionkit.nodes import ERRORS, NODE_TYPES, Node
 from sessionkit.store import SessionStore
-
-
-class FlowDefinitionError(ValidationError):
-    """A flow definition that cannot run: the message names the culprit."""
-
-    code = "invalid_flow"
-
-
-class FlowError(SessionKitError):
-    """A node with automatic error management failed; the flow stopped."""
-
-    def __init__(self, node: str, entries: list[dict[str, Any]], cause: SessionKitError) -> None:
-        super().__init__(
-            f"node {node!r} failed: {cause.message}",
-            code=cause.code,
-            origin=cause.origin,
-            details={"node": node, "errors": entries},
-        )
-        self.node = node
-        self.errors = entries
-        self.__cause__ = cause
 
 
 class NodeSpec(

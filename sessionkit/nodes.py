@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from sessionkit.errors import SessionKitError, ValidationError
+from sessionkit.errors import NodeError, SessionKitError, ValidationError
 from sessionkit.expressions import Parameter
 from sessionkit.store import SessionStore
 
@@ -29,13 +29,6 @@ class NodeResult:
 
     link: str
     value: Any
-
-
-class NodeError(SessionKitError):
-    """An unexpected failure inside a node, reported as an error entry."""
-
-    code = "internal_error"
-    origin = "server"
 
 
 class Node:

@@ -26,14 +26,7 @@ from typing import Self
 
 import anyio
 
-from sessionkit.errors import SessionKitError
-
-
-class ServerError(SessionKitError):
-    """An embedded server could not be found or started."""
-
-    code = "server_error"
-    origin = "server"
+from sessionkit.errors import ServerError
 
 
 def find_server_binary() -> str:

@@ -8,7 +8,17 @@ import functools
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Self, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Self,
+    TypedDict,
+    TypeVar,
+    Unpack,
+)
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -69,6 +79,22 @@ def _observed(
     return wrap
 
 
+class StoreOptions(TypedDict, total=False):
+    """`SessionStore`'s options, as `SessionStore.from_url` takes them."""
+
+    prefix: str
+    lifetime: Duration
+    idle_timeout: Duration | None
+    max_sessions_per_user: int
+    touch_interval: Duration
+    pipelining: bool
+    retries: int
+    events: bool
+    events_maxlen: int
+    metrics: bool | PrometheusMetrics
+    tracing: bool | Any
+
+
 class SessionStore:
     """Sessions of many users in one Redis (or Redis Cluster).
 
@@ -109,13 +135,7 @@ class SessionStore:
         events_maxlen: int = EVENTS_MAXLEN,
         metrics: bool | PrometheusMetrics = False,
         tracing: bool | Any = False,
-        **unknown: object,
     ) -> None:
-        if unknown:
-            raise ValidationError(
-                f"unknown SessionStore option(s): {', '.join(sorted(unknown))}",
-                details={"options": sorted(unknown)},
-            )
         self.client = client
         self.prefix = validate.prefix(prefix)
         self.lifetime_ms = validate.duration_ms(lifetime, "lifetime")
@@ -163,7 +183,7 @@ class SessionStore:
         cluster: bool | None = None,
         pool_size: int = POOL_SIZE,
         socket_timeout: float = 5.0,
-        **options: Any,
+        **options: Unpack[StoreOptions],
     ) -> SessionStore:
         """A store with its own client, closed by `aclose()`.
 
@@ -418,4 +438,4 @@ class SessionStore:
         return changed
 
 
-__all__ = ["Client", "Duration", "Revoked", "SessionStore"]
+__all__ = ["Client", "Duration", "Revoked", "SessionStore", "StoreOptions"]

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from sessionkit import SessionKitError, SessionStore, ValidationError
-from sessionkit.expressions import ExpressionError, literal
+from sessionkit.errors import ExpressionError
+from sessionkit.expressions import literal
 from sessionkit.nodes import (
     NODE_TYPES,
     AddAccessGroupToUserSession,

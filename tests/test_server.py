@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from sessionkit import SessionKitError, SessionStore
-from sessionkit.server import EmbeddedCluster, EmbeddedServer, ServerError
+from sessionkit.errors import ServerError
+from sessionkit.server import EmbeddedCluster, EmbeddedServer
 
 
 async def test_embedded_server_starts_answers_and_cleans_up() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,7 +106,6 @@ async def test_bad_user_agent_is_an_error_and_a_long_one_is_cut(store: SessionSt
         {"max_sessions_per_user": 0},
         {"max_sessions_per_user": 1.5},
         {"max_sessions_per_user": True},
-        {"lifetme": 10},
         {"touch_interval": -1},
     ],
 )
@@ -116,6 +116,26 @@ async def test_bad_options_are_validation_errors(
         make_store(**options)
     assert isinstance(info.value, ValueError)
     assert next(iter(options)) in str(info.value)
+
+
+def test_a_misspelt_option_fails_the_type_check_and_the_call(
+    server_url: str, tmp_path: Path
+) -> None:
+    import redis.asyncio as aioredis
+    from mypy import api
+
+    program = tmp_path / "typo.py"
+    program.write_text(
+        "import redis.asyncio as aioredis\n"
+        "from sessionkit import SessionStore\n"
+        "SessionStore(aioredis.Redis(), lifetme=10)\n"
+        "SessionStore.from_url('redis://x', idle_timout=5)\n"
+    )
+    out, _, status = api.run(["--strict", str(program)])
+    assert status == 1, out
+    assert out.count("Unexpected keyword argument") == 2, out
+    with pytest.raises(TypeError, match="lifetme"):
+        SessionStore(aioredis.Redis.from_url(server_url), lifetme=10)  # type: ignore[call-arg]
 
 
 async def test_error_entries_have_the_platform_shape(store: SessionStore) -> None:

@@ -17,7 +17,15 @@ from redis import exceptions as rx
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
-from sessionkit import BackendError, BackendUnavailable, SessionStore, _redispy, _transport, keys
+from sessionkit import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    SessionStore,
+    _redispy,
+    _transport,
+    keys,
+)
 from sessionkit.events import EventConsumer
 from sessionkit.scripts import Scripts
 from sessionkit.server import EmbeddedCluster
@@ -74,8 +82,9 @@ def test_the_error_table_types_every_redis_fault_and_nothing_else() -> None:
     assert f(rx.ResponseError("WRONGTYPE")) is _transport.Fault.REFUSED
     # A programming error is not a Redis fault: it is never retried or renamed.
     assert f(ValueError()) is None and f(AttributeError()) is None
-    assert isinstance(_transport.error(rx.TimeoutError("x"), "get"), BackendUnavailable)
-    assert _transport.error(rx.TimeoutError("x"), "get").code == "backend_timeout"
+    timeout = _transport.error(rx.TimeoutError("x"), "get")
+    assert isinstance(timeout, BackendTimeout) and isinstance(timeout, BackendUnavailable)
+    assert timeout.code == "backend_timeout"
     assert isinstance(_transport.error(rx.ResponseError("x"), "get"), BackendError)
 
 

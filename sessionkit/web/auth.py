@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar, overload
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from sessionkit.errors import ValidationError
 from sessionkit.model import Session
 from sessionkit.web.errors import AccessDenied, MiddlewareMissing
 from sessionkit.web.middleware import SCOPE_KEY, SessionState
@@ -25,7 +26,10 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Awaitable[Response]])
 def _scope(request: Any) -> Mapping[str, Any]:
     scope = getattr(request, "scope", request)
     if not isinstance(scope, Mapping):
-        raise TypeError(f"expected a request or an ASGI scope, got {type(request).__name__}")
+        raise ValidationError(
+            f"expected a request or an ASGI scope, got {type(request).__name__}",
+            details={"parameter": "request"},
+        )
     return scope
 
 
@@ -121,9 +125,13 @@ class Guard:
 
     def __init__(self, groups: tuple[str, ...] = (), mode: Mode = "any") -> None:
         if mode not in ("any", "all"):
-            raise ValueError(f"mode must be 'any' or 'all', got {mode!r}")
+            raise ValidationError(
+                f"mode must be 'any' or 'all', got {mode!r}", details={"parameter": "mode"}
+            )
         if not all(isinstance(g, str) and g for g in groups):
-            raise ValueError("access groups must be non-empty texts")
+            raise ValidationError(
+                "access groups must be non-empty texts", details={"parameter": "groups"}
+            )
         self.groups = groups
         self.mode = mode
         # What FastAPI sees: a dependency that takes the request.
@@ -164,7 +172,10 @@ class Guard:
             return self.check(request)
         if callable(request):
             return self._decorate(request)
-        raise TypeError("a guard takes a request (as a dependency) or an endpoint (as a decorator)")
+        raise ValidationError(
+            "a guard takes a request (as a dependency) or an endpoint (as a decorator)",
+            details={"parameter": "request"},
+        )
 
     def _decorate(self, endpoint: Callable[..., Awaitable[Response]]) -> Any:
         @functools.wraps(endpoint)
@@ -184,5 +195,7 @@ require_session = Guard()
 def require_groups(*groups: str, mode: Mode = "any") -> Guard:
     """A guard that needs a session holding any (or, with ``mode="all"``, all) of `groups`."""
     if not groups:
-        raise ValueError("require_groups needs at least one access group")
+        raise ValidationError(
+            "require_groups needs at least one access group", details={"parameter": "groups"}
+        )
     return Guard(groups, mode)
