@@ -114,6 +114,20 @@ def sweep_lines(doc: dict[str, Any]) -> list[str]:
                     f"c={c}: {r['ops_per_s']:,.0f}/s p50 {r['p50_ms']:.3f} ms" if r else f"c={c}: –"
                 )
             out.append(f"- {scenario} · {impl}: " + "; ".join(cells))
+    bare = next((r for r in rows if r["impl"] == "redis-py GET"), None)
+    ours = next(
+        (
+            r
+            for r in rows
+            if (r["scenario"], r["impl"], r["concurrency"]) == ("resolve", "sessionkit", 1)
+        ),
+        None,
+    )
+    if bare and ours and bare["p50_ms"]:
+        out.append(
+            f"- c=1: sessionkit's resolve p50 is {ours['p50_ms'] / bare['p50_ms']:.2f}× "
+            f"a bare redis-py GET's ({ours['p50_ms']:.3f} vs {bare['p50_ms']:.3f} ms)"
+        )
     return out
 
 

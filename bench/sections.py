@@ -38,18 +38,23 @@ async def sweep(
     levels: tuple[int, ...] = SWEEP,
     tick: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """resolve and create at each concurrency for every implementation; each
-    implementation's setup is made once per scenario and reused."""
+    """resolve and create at each concurrency for every implementation, the
+    implementations back to back at each level (so that they share the
+    machine's moment), each one's setup made once per scenario; plus, at
+    c=1, a bare redis-py ``GET`` as the round trip's yardstick."""
     out: list[dict[str, Any]] = []
     for name in SWEPT:
         scenario = _scenario(name)
+        states: dict[str, Any] = {}
         for impl in impls:
-            if not scenario.needs <= impl.ops:
-                continue
-            state = None
-            for c in levels:
-                if state is None:
-                    state = await scenario.prepare(impl, random.Random(1), scale)
+            if scenario.needs <= impl.ops:
+                states[impl.name] = await scenario.prepare(impl, random.Random(1), scale)
+        for c in levels:
+            if name == "resolve" and c == 1 and impls:
+                out.append(await _bare_get(impls[0].client, duration))
+            for impl in impls:
+                if impl.name not in states:
+                    continue
                 r = await run_scenario(
                     scenario,
                     impl,
@@ -57,12 +62,38 @@ async def sweep(
                     duration=duration,
                     max_ops=None,
                     scale=scale,
-                    state=state,
+                    state=states[impl.name],
                 )
                 out.append(asdict(r))
                 if tick:
                     tick()
     return out
+
+
+async def _bare_get(client: Any, duration: float) -> dict[str, Any]:
+    """One task awaiting redis-py ``GET`` of one key, for `duration` seconds."""
+    from hdrh.histogram import HdrHistogram
+
+    await client.set("bench:bare-get", b"x" * 300)
+    hist = HdrHistogram(1, 60_000_000, 3)
+    perf = time.perf_counter
+    end = perf() + duration
+    while (t0 := perf()) < end:
+        await client.get("bench:bare-get")
+        hist.record_value(max(1, int((perf() - t0) * 1e6)))
+    n = hist.get_total_count()
+    return {
+        "scenario": "resolve",
+        "impl": "redis-py GET",
+        "concurrency": 1,
+        "ops": n,
+        "ops_per_s": round(n / duration, 1),
+        "p50_ms": hist.get_value_at_percentile(50) / 1000,
+        "p99_ms": hist.get_value_at_percentile(99) / 1000,
+        "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
+        "errors": 0,
+        "server_us_per_op": None,
+    }
 
 
 async def cluster(

@@ -83,7 +83,9 @@ def encode_body(user_id: str, user_agent: str | None, data: dict[str, Any]) -> b
 
 #: The stored layout's version, the value's first byte (see ``lua/_lib.lua``).
 LAYOUT = 1
-_HEADER = 65
+#: Where each field of the stored value starts (0-based; ``lua/_lib.lua``
+#: names the same places 1-based, and a test holds the two equal).
+CREATED_AT, EXPIRES_AT, LAST_ACTIVE_AT, DIGEST, BODY = 1, 17, 30, 43, 65
 
 
 def _time(raw: bytes, start: int, digits: int = 13) -> datetime:
@@ -108,10 +110,11 @@ def decode_session(
             f"a stored session of layout {raw[0]}; this sessionkit reads layout {LAYOUT}",
             details={"layout": raw[0]},
         )
-    created, expires, last = _time(raw, 1, 16), _time(raw, 17), _time(raw, 30)
+    created = _time(raw, CREATED_AT, 16)
+    expires, last = _time(raw, EXPIRES_AT), _time(raw, LAST_ACTIVE_AT)
     if idle_timeout_ms:
         expires = min(expires, last + timedelta(milliseconds=idle_timeout_ms))
-    body = _body_decoder.decode(raw[_HEADER:])
+    body = _body_decoder.decode(raw[BODY:])
     # "\0g1\0g2\0": each group between NULs.
     groups = groups_entry[1:-1].decode("utf-8").split("\0") if len(groups_entry) > 1 else []
     return Session(

@@ -77,11 +77,25 @@ def _helpers(lib: str, body: str) -> str:
     return head + "".join(text for (_, text), k in zip(blocks, keep, strict=True) if k)
 
 
+def _one_line(lua: str) -> str:
+    """Lua code on one line, comments dropped (``_lib.lua`` has no ``--`` in
+    a string and no long string)."""
+    lines = (_COMMENT.sub("", line).strip() for line in lua.splitlines())
+    return " ".join(line for line in lines if line)
+
+
+def assemble(lib: str, body: str) -> str:
+    """A script's source: the helpers it uses, on one line, then its own
+    file starting on that same line, so that the server's error messages
+    name the lines of the script's own file."""
+    return _one_line(_helpers(lib, body)) + " " + body
+
+
 def _load(name: str, *, lib: bool = True) -> Script:
     folder = resources.files("sessionkit") / "lua"
     source = (folder / f"{name}.lua").read_text("utf-8")
     if lib:
-        source = _helpers((folder / "_lib.lua").read_text("utf-8"), source) + "\n" + source
+        source = assemble((folder / "_lib.lua").read_text("utf-8"), source)
     sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
     return Script(name, source, sha, b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % sha.encode())
 

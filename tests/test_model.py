@@ -349,3 +349,25 @@ def test_hostile_tokens_and_cookies_never_break_a_request(
     runner(app(scope, receive, send))
     status = sent[0]["status"]
     assert status == 200 if path == "/" else status in (200, 401)
+
+
+def test_the_stored_layout_is_the_same_in_python_and_lua() -> None:
+    import re
+    from importlib import resources
+
+    from sessionkit import model
+
+    lib = (resources.files("sessionkit") / "lua" / "_lib.lua").read_text("utf-8")
+
+    def lua(*names: str) -> list[int]:
+        m = re.search(rf"^local {', '.join(names)} = ([\d, ]+)$", lib, re.M)
+        assert m, names
+        return [int(v) for v in m.group(1).split(",")]
+
+    assert lua("LAYOUT_BYTE") == [model.LAYOUT]
+    assert lua("EXPIRES_AT", "LAST_ACTIVE_AT") == [model.EXPIRES_AT + 1, model.LAST_ACTIVE_AT + 1]
+    assert lua("DIGEST_FROM", "DIGEST_TO") == [model.DIGEST + 1, model.BODY]
+    # The creation time fills what lies between the version byte and the expiry.
+    assert model.CREATED_AT + 16 == model.EXPIRES_AT
+    assert model.EXPIRES_AT + 13 == model.LAST_ACTIVE_AT
+    assert model.LAST_ACTIVE_AT + 13 == model.DIGEST

@@ -97,3 +97,23 @@ def test_each_script_carries_only_the_helpers_it_uses() -> None:
     # Helpers come before the script's own code, each defined once.
     for script in (Scripts.create, Scripts.get, Scripts.list, Scripts.groups):
         assert script.source.count("local function clock()") == 1, script.name
+
+
+@pytest.mark.server
+async def test_lua_errors_name_the_line_of_the_scripts_own_file(server_url: str) -> None:
+    from importlib import resources
+
+    import redis.asyncio as aioredis
+
+    from sessionkit.scripts import assemble
+
+    lib = (resources.files("sessionkit") / "lua" / "_lib.lua").read_text("utf-8")
+    body = "-- a script\nlocal stamp = ms13(now_ms())\nerror('boom at ' .. stamp)\n"
+    source = assemble(lib, body)
+    assert "local function ms13" in source and "local function emit" not in source
+    client = aioredis.Redis.from_url(server_url)
+    try:
+        with pytest.raises(Exception, match=r"user_script:3: boom at \d{13}"):
+            await client.eval(source, 0)
+    finally:
+        await client.aclose()
