@@ -6,9 +6,11 @@ The store's scripts and the event consumer's commands all go through one
 * **Batching.** A call made while nothing else is in flight on its lane (the
   server, or on a cluster the node that serves its slot) is written at once,
   on the calling task. Calls that overlap are queued; the first queued
-  caller leads: it waits one loop tick for the calls of the same tick, writes
-  them all in one buffer on one pooled connection, and reads every reply out
-  of hiredis in bulk. No task and no coroutine per reply.
+  caller leads: it waits one loop tick for the calls of the same tick (and,
+  under load, until fewer than `MAX_IN_FLIGHT` exchanges are out on the
+  lane, so batches grow with the load), writes them all in one buffer on
+  one pooled connection, and reads every reply out of hiredis in bulk. No
+  task and no coroutine per reply.
 * **Errors.** One table, `classify`, says what each redis-py exception means
   (a broken connection, a slot move, a timeout, a refusal, a lost script)
   and `error` turns it into ours.
