@@ -12,13 +12,14 @@ import sys
 import time
 import uuid
 from contextlib import AsyncExitStack
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from bench import report, sections
 from bench.impls import IMPLEMENTATIONS, UA, Impl, make_impls
@@ -214,7 +215,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     duration=duration,
                     max_ops=args.ops,
                     scale=scale,
-                    tick=lambda f, task=task: progress.update(task, completed=f),
+                    tick=partial(_advance, progress, task),
                 )
                 progress.update(task, completed=1.0, visible=False)
                 progress.advance(overall)
@@ -298,6 +299,10 @@ async def _memory(quick: bool, events: bool, binary: str | None) -> dict[str, An
             return await measure_memory(server.url, n, impls)
         finally:
             await store.aclose()
+
+
+def _advance(progress: Progress, task: TaskID, fraction: float) -> None:
+    progress.update(task, completed=fraction)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:

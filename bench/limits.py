@@ -152,14 +152,14 @@ async def measure_memory(url: str, sessions: int, impls: list[Impl]) -> dict[str
     }
     try:
         for impl in impls:
-            await client.execute_command("FLUSHALL", "SYNC")
+            await client.flushall(asynchronous=False)
             before = (await client.info("memory"))["used_memory"]
             await impl.populate(
                 [f"mem-user-{i}" for i in range(sessions // 10)], 10, groups=("member",)
             )
             after = (await client.info("memory"))["used_memory"]
             out[impl.name] = {"bytes_per_session": round((after - before) / sessions, 1)}
-        await client.execute_command("FLUSHALL", "SYNC")
+        await client.flushall(asynchronous=False)
     finally:
         await client.aclose()
     return out
