@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from sessionkit.errors import SessionKitError, ValidationError
 
@@ -14,6 +14,14 @@ if TYPE_CHECKING:
     from sessionkit.metrics import PrometheusMetrics
 
 T = TypeVar("T")
+
+
+@runtime_checkable
+class TracerProvider(Protocol):
+    """What sessionkit needs of an OpenTelemetry tracer provider (the SDK's
+    `TracerProvider`, or any object with the API's `get_tracer`)."""
+
+    def get_tracer(self, instrumenting_module_name: str, /, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def _missing(extra: str, package: str, option: str) -> ValidationError:
@@ -58,7 +66,7 @@ class Observer:
                 raise _missing("otel", "opentelemetry-api", "tracing") from exc
             if tracing is True:
                 tracer = trace.get_tracer("sessionkit")
-            elif hasattr(tracing, "get_tracer"):
+            elif isinstance(tracing, TracerProvider):
                 tracer = tracing.get_tracer("sessionkit")
             else:
                 raise ValidationError(

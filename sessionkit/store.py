@@ -40,7 +40,7 @@ from sessionkit.defaults import (
 )
 from sessionkit.errors import LimitExceeded, ValidationError
 from sessionkit.model import Session, decode_session, encode_body, unpack_listing
-from sessionkit.observe import Observer
+from sessionkit.observe import Observer, TracerProvider
 from sessionkit.scripts import Scripts
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class StoreOptions(TypedDict, total=False):
     events: bool
     events_maxlen: int
     metrics: bool | PrometheusMetrics
-    tracing: bool | Any
+    tracing: bool | TracerProvider
 
 
 class SessionStore:
@@ -134,7 +134,7 @@ class SessionStore:
         events: bool = True,
         events_maxlen: int = EVENTS_MAXLEN,
         metrics: bool | PrometheusMetrics = False,
-        tracing: bool | Any = False,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         self.client = client
         self.prefix = validate.prefix(prefix)
