@@ -70,3 +70,10 @@ MAX_EXPRESSION_BYTES: Final = 4096
 #: How deep CEL comprehensions (map, filter, all, exists) may nest in one
 #: expression: each level multiplies its cost.
 MAX_COMPREHENSION_DEPTH: Final = 2
+#: What one evaluation of an expression with comprehensions may cost, in
+#: steps of the CEL evaluator: macros * n ** (depth + 1), n being the largest
+#: list or map it could iterate (in the inputs, or written in the
+#: expression). The evaluator's comprehensions are quadratic in n (they copy
+#: as they go), and it holds the GIL, so this bounds how long one node can
+#: stall the event loop: about 40 to 50 ms on the development machine.
+MAX_COMPREHENSION_STEPS: Final = 1_000_000

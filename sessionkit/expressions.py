@@ -18,7 +18,11 @@ from typing import Any
 
 import cel
 
-from sessionkit.defaults import MAX_COMPREHENSION_DEPTH, MAX_EXPRESSION_BYTES
+from sessionkit.defaults import (
+    MAX_COMPREHENSION_DEPTH,
+    MAX_COMPREHENSION_STEPS,
+    MAX_EXPRESSION_BYTES,
+)
 from sessionkit.errors import ExpressionError, SessionKitError
 
 
@@ -37,12 +41,13 @@ def literal(value: Any) -> Literal:
 _MACROS = frozenset({"map", "filter", "all", "exists", "exists_one"})
 
 
-def _comprehension_depth(source: str) -> int:
-    """How deep CEL's comprehension macros nest in `source` (string literals
-    skipped): each level multiplies the work, so depth is what bounds an
-    expression's cost, not its length."""
+def _comprehensions(source: str) -> tuple[int, int, int]:
+    """How deep CEL's comprehension macros nest in `source`, how many there
+    are, and how many elements a list written in it can have at most (its
+    commas + 1), string literals skipped: what bounds an expression's cost,
+    with the inputs' sizes, is these, not its length."""
     open_calls: list[bool] = []  # per open parenthesis: is it a macro's call
-    deepest = depth = 0
+    deepest = depth = macros = commas = 0
     i, n = 0, len(source)
     while i < n:
         c = source[i]
@@ -66,17 +71,42 @@ def _comprehension_depth(source: str) -> int:
             macro = source[start:end] in _MACROS and dot >= 0 and source[dot] == "."
             open_calls.append(macro)
             depth += macro
+            macros += macro
             deepest = max(deepest, depth)
         elif c == ")" and open_calls:
             depth -= open_calls.pop()
+        elif c == ",":
+            commas += 1
         i += 1
-    return deepest
+    return deepest, macros, commas + 1
+
+
+def _largest(value: Any, enough: int) -> int:
+    """The length of the largest list or map in `value`, nested ones
+    included (a walk that stops once one has `enough`)."""
+    largest = 0
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Mapping):
+            largest = max(largest, len(item))
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            largest = max(largest, len(item))
+            todo.extend(item)
+        if largest >= enough:
+            break
+    return largest
+
+
+def _steps(depth: int, macros: int, n: int) -> int:
+    return int(macros * n ** (depth + 1))
 
 
 class Parameter:
     """One compiled parameter of a node."""
 
-    __slots__ = ("_call", "_program", "_value", "name", "source")
+    __slots__ = ("_call", "_cost", "_program", "_value", "name", "source")
 
     def __init__(self, name: str, value: Any) -> None:
         self.name = name
@@ -84,6 +114,7 @@ class Parameter:
         self._program: Any = None
         self._call: Callable[[Mapping[str, Any]], Any] | None = None
         self._value: Any = None
+        self._cost: tuple[int, int, int] = (0, 0, 0)  # depth, macros, longest literal
         if isinstance(value, Literal):
             self._value = value.value
         elif isinstance(value, str):
@@ -95,7 +126,8 @@ class Parameter:
                     f"{MAX_EXPRESSION_BYTES} are allowed",
                     details={"parameter": name, "bytes": size},
                 )
-            depth = _comprehension_depth(value)
+            self._cost = _comprehensions(value)
+            depth = self._cost[0]
             if depth > MAX_COMPREHENSION_DEPTH:
                 raise ExpressionError(
                     f"parameter {name}: comprehensions (map, filter, all, exists, exists_one) "
@@ -115,9 +147,33 @@ class Parameter:
         else:
             self._value = value
 
+    def _check_cost(self, inputs: Mapping[str, Any]) -> None:
+        """Refuse an evaluation whose comprehensions could iterate so much
+        that it would stall every other task (see `MAX_COMPREHENSION_STEPS`)."""
+        depth, macros, literal = self._cost
+        # The largest n still within budget: no need to walk past it.
+        enough = int((MAX_COMPREHENSION_STEPS / macros) ** (1 / (depth + 1))) + 1
+        n = max(literal, _largest(dict(inputs), enough))
+        steps = _steps(depth, macros, n)
+        if steps > MAX_COMPREHENSION_STEPS:
+            raise ExpressionError(
+                f"parameter {self.name}: its comprehensions (nested {depth} deep, {macros} "
+                f"in all) could iterate lists of up to {n} elements here, about {steps:,} "
+                f"steps; at most {MAX_COMPREHENSION_STEPS:,} are allowed",
+                details={
+                    "parameter": self.name,
+                    "elements": n,
+                    "depth": depth,
+                    "steps": steps,
+                    "maximum": MAX_COMPREHENSION_STEPS,
+                },
+            )
+
     async def evaluate(self, inputs: Mapping[str, Any]) -> Any:
         """The parameter's value for these inputs."""
         if self._program is not None:
+            if self._cost[0]:
+                self._check_cost(inputs)
             try:
                 return self._program.execute(dict(inputs))
             except Exception as exc:

@@ -3,11 +3,13 @@ against the real embedded server."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from sessionkit import SessionKitError, SessionStore, ValidationError
+from sessionkit.defaults import MAX_COMPREHENSION_STEPS
 from sessionkit.errors import ExpressionError
 from sessionkit.expressions import literal
 from sessionkit.nodes import (
@@ -216,3 +218,27 @@ def test_single_input_nodes_refuse_extra_inputs_and_bad_definitions(store: Sessi
         GetSpecificSessionOfUser(store, error_management="manual", user_id="'u'")
     with pytest.raises(ValidationError, match="unknown parameter"):
         GetAllSessionsOfUser(store, error_management="manual", user_id="'u'", userid="'u'")
+
+
+async def test_comprehensions_over_too_many_elements_are_refused_before_they_run(
+    store: SessionStore,
+) -> None:
+    """The CEL evaluator's comprehensions are quadratic and hold the GIL (400
+    elements nested twice took 3 s): an evaluation that could take more than
+    MAX_COMPREHENSION_STEPS is refused, in the node's error mode."""
+    await store.create("u3")
+    expr = "inputObject.ids.exists(i, inputObject.ids.exists(j, i + j < 0)) ? 'x' : 'u3'"
+    node = GetAllSessionsOfUser(store, error_management="manual", user_id=expr)
+    small = await node.run({"ids": list(range(50))})  # 50 ** 3 steps: fine
+    assert small.link == "sessions" and [s["userId"] for s in small.value] == ["u3"]
+    started = time.monotonic()
+    big = await node.run({"ids": list(range(5000))})
+    assert time.monotonic() - started < 0.5  # refused, not run
+    assert big.link == "errors" and big.value[0]["code"] == "expression_error"
+    details = big.value[0]["details"]
+    assert details["depth"] == 2 and details["maximum"] == MAX_COMPREHENSION_STEPS
+    assert details["elements"] > 100
+    # A list written in the expression counts as well as the inputs.
+    listed = "[" + ",".join(["1"] * 1500) + "].map(x, x + 1).size() > 0 ? 'u3' : 'x'"
+    with pytest.raises(ExpressionError, match=r"up to 150\d elements"):
+        await GetAllSessionsOfUser(store, error_management="automatic", user_id=listed).run({})
