@@ -150,8 +150,11 @@ def test_the_altogic_javascript_client(web_url: str, server_url: str) -> None:
         token = r.cookies["sessionkit"]
     others = [httpx.post(web_url + "/signin", data={"user": user}) for _ in range(2)]
     assert all(o.status_code == 303 for o in others)
+    spare = httpx.post(
+        web_url + "/signin", data={"user": "spare-" + user}, follow_redirects=False
+    ).cookies["sessionkit"]
     proc = subprocess.run(
-        ["node", str(ROOT / "tests" / "js" / "altogic_client.mjs"), web_url, token],
+        ["node", str(ROOT / "tests" / "js" / "altogic_client.mjs"), web_url, token, spare],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -163,3 +166,16 @@ def test_the_altogic_javascript_client(web_url: str, server_url: str) -> None:
     assert out["signOutAllExcept"] is None and out["afterAllExcept"] == [True]
     assert out["signOutAll"] is None
     assert out["afterAll"] == ["invalid_session_token"]
+    # The listing has the client's Session shape: versions are strings, the
+    # device has versions too, and no server-side data reaches the browser.
+    platform = ["accessGroupKeys", "creationDtm", "token", "userAgent", "userId"]
+    assert out["fields"] == [platform] * 3
+    versions = {"major": "string", "minor": "string", "patch": "string"}
+    assert out["userAgentTypes"] == {
+        "family": "string", **versions,
+        "device": {"family": "string", **versions},
+        "os": {"family": "string", **versions},
+    }  # fmt: skip
+    # signOut(""): the client means its own session, and so does the server.
+    assert out["emptySignOut"] is None
+    assert out["afterEmpty"] == ["invalid_session_token"]
