@@ -266,7 +266,7 @@ async def test_altogic_endpoints(store: SessionStore) -> None:
         listing = (await http.get(f"{base}/sessions", headers=hdr)).json()
         assert [s["token"] for s in listing] == [me["token"], tablet.id, phone.id]
         assert all(s["userId"] == "gina" for s in listing)
-        assert all("data" not in s and "raw" not in s["userAgent"] for s in listing)
+        assert all("data" not in s and "raw" not in (s["userAgent"] or {}) for s in listing)
         # A handle of another user's session: 403, and nothing is deleted.
         r = await http.post(f"{base}/signout", json={"token": other_user.id}, headers=hdr)
         assert r.status_code == 403 and r.json()["errors"][0]["code"] == "forbidden"
