@@ -9,29 +9,35 @@ import ua_parser
 
 
 class Device(msgspec.Struct, frozen=True):
+    """The device; the platform gives it versions too (a device has none: "0")."""
+
     family: str
-    brand: str | None = None
-    model: str | None = None
+    major: str = "0"
+    minor: str = "0"
+    patch: str = "0"
 
 
 class OperatingSystem(msgspec.Struct, frozen=True):
     family: str
-    major: str | None = None
-    minor: str | None = None
-    patch: str | None = None
-    patch_minor: str | None = None
+    major: str = "0"
+    minor: str = "0"
+    patch: str = "0"
 
 
 class UserAgent(msgspec.Struct, frozen=True):
-    """A parsed user agent: browser family and version, device, OS, raw string."""
+    """A parsed user agent in the platform's shape: browser family and
+    version, device, OS; every version a string, ``"0"`` when unknown."""
 
     family: str
-    major: str | None
-    minor: str | None
-    patch: str | None
+    major: str
+    minor: str
+    patch: str
     device: Device
     os: OperatingSystem
-    raw: str
+
+
+def _v(version: str | None) -> str:
+    return version or "0"
 
 
 @lru_cache(maxsize=4096)
@@ -40,10 +46,9 @@ def parse_user_agent(raw: str) -> UserAgent:
     r = ua_parser.parse(raw).with_defaults()
     return UserAgent(
         family=r.user_agent.family,
-        major=r.user_agent.major,
-        minor=r.user_agent.minor,
-        patch=r.user_agent.patch,
-        device=Device(r.device.family, r.device.brand, r.device.model),
-        os=OperatingSystem(r.os.family, r.os.major, r.os.minor, r.os.patch, r.os.patch_minor),
-        raw=raw,
+        major=_v(r.user_agent.major),
+        minor=_v(r.user_agent.minor),
+        patch=_v(r.user_agent.patch),
+        device=Device(r.device.family),
+        os=OperatingSystem(r.os.family, _v(r.os.major), _v(r.os.minor), _v(r.os.patch)),
     )

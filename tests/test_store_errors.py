@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sessionkit import BackendUnavailable, SessionKitError, SessionStore, ValidationError
+from sessionkit import BackendUnavailable, SessionKitError, SessionStore, ValidationError, keys
 from sessionkit.server import EmbeddedServer, free_port
 from tests.conftest import Backend, StoreFactory
 
@@ -92,7 +92,11 @@ async def test_bad_user_agent_is_an_error_and_a_long_one_is_cut(store: SessionSt
     with pytest.raises(ValidationError, match="user_agent"):
         await store.create("alice", user_agent=42)  # type: ignore[arg-type]
     s = await store.create("alice", user_agent="Mozilla/5.0 " + "x" * 5000)
-    assert s.user_agent is not None and len(s.user_agent.raw) == 512
+    assert s.user_agent is not None
+    stored = await store.client.get(
+        keys.session_key(store.prefix, keys.user_digest("alice")[1], s.id)
+    )
+    assert stored is not None and b"x" * 500 in stored and b"x" * 501 not in stored
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,10 @@ def test_the_altogic_javascript_client(web_url: str, server_url: str) -> None:
     assert out["afterAll"] == ["invalid_session_token"]
     # The listing has the client's Session shape: versions are strings, the
     # device has versions too, and no server-side data reaches the browser.
-    platform = ["accessGroupKeys", "creationDtm", "token", "userAgent", "userId"]
+    platform = [
+        "accessGroupKeys", "creationDtm", "expiresAt", "id", "lastActiveAt", "token",
+        "userAgent", "userId",
+    ]  # fmt: skip
     assert out["fields"] == [platform] * 3
     versions = {"major": "string", "minor": "string", "patch": "string"}
     assert out["userAgentTypes"] == {

@@ -52,7 +52,7 @@ def _sessions_table(sessions: list[Session], current: Session) -> str:
         ua = s.user_agent
         device = ua.device.family if ua else "-"
         system = ua.os.family if ua else "-"
-        browser = f"{ua.family} {ua.major or ''}".strip() if ua else "-"
+        browser = f"{ua.family} {ua.major}" if ua else "-"
         this = s.id == current.id
         action = (
             "<em>this device</em>"

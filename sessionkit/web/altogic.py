@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 
 from sessionkit.model import Session
 from sessionkit.store import SessionStore
-from sessionkit.useragent import UserAgent
 from sessionkit.web.auth import (
     require_session,
     session_state,
@@ -53,40 +51,13 @@ def _with_session(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-def _version(value: str | None) -> str:
-    return value or "0"  # the platform gives a missing version as "0"
-
-
-def _platform_user_agent(ua: UserAgent | None) -> dict[str, Any] | None:
-    """A parsed user agent in the platform's shape: every version a string,
-    and a device with versions too (a device has none: "0")."""
-    if ua is None:
-        return None
-    return {
-        "family": ua.family,
-        "major": _version(ua.major),
-        "minor": _version(ua.minor),
-        "patch": _version(ua.patch),
-        "device": {"family": ua.device.family, "major": "0", "minor": "0", "patch": "0"},
-        "os": {
-            "family": ua.os.family,
-            "major": _version(ua.os.major),
-            "minor": _version(ua.os.minor),
-            "patch": _version(ua.os.patch),
-        },
-    }
-
-
 def _platform_session(s: Session, token: str) -> dict[str, Any]:
-    """A session as the platform's client types it, and nothing more: the
-    session's server-side `data` never goes to the browser."""
-    return {
-        "userId": s.user_id,
-        "token": token,
-        "creationDtm": msgspec.to_builtins(s.created_at),
-        "accessGroupKeys": s.access_groups,
-        "userAgent": _platform_user_agent(s.user_agent),
-    }
+    """A session in the listing: the platform's `Session` fields and `id`,
+    `expiresAt`, `lastActiveAt`; never the session's server-side `data`."""
+    doc = s.to_dict()
+    del doc["data"]
+    doc["token"] = token
+    return doc
 
 
 @_with_session

@@ -14,7 +14,7 @@ const first = await client.auth.getAllSessions();
 out.listErrors = first.errors;
 out.listed = (first.sessions || []).length;
 out.currentRecognised = (first.sessions || []).filter((s) => s.token === token).length;
-// The shape the client's Session type declares, and nothing else.
+// The shape the client's Session type declares, plus id, expiresAt, lastActiveAt.
 out.fields = (first.sessions || []).map((s) => Object.keys(s).sort());
 const types = (o) => Object.fromEntries(
   Object.entries(o).map(([k, v]) => [k, v && typeof v === "object" ? types(v) : typeof v]));
