@@ -146,3 +146,21 @@ class AccessDenied(SessionKitError):
 
         entry = {"origin": self.origin, "code": self.code, "message": self.message}
         return JSONResponse({"errors": [entry]}, status_code=self.status)
+
+
+__all__ = [
+    "AccessDenied",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "ExpressionError",
+    "FlowDefinitionError",
+    "FlowError",
+    "LimitExceeded",
+    "MiddlewareMissing",
+    "NodeError",
+    "Origin",
+    "ServerError",
+    "SessionKitError",
+    "ValidationError",
+]

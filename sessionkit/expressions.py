@@ -196,3 +196,6 @@ class Parameter:
                 ) from exc
             return result
         return self._value
+
+
+__all__ = ["Literal", "Parameter", "literal"]

@@ -247,3 +247,19 @@ NODE_TYPES: dict[str, type[Node]] = {
         RemoveAccessGroupFromUserSession,
     )
 }
+
+
+__all__ = [
+    "ERRORS",
+    "INPUT",
+    "NODE_TYPES",
+    "AddAccessGroupToUserSession",
+    "CreateUserSession",
+    "DeleteAllSessionsOfUser",
+    "DeleteSpecificSessionOfUser",
+    "GetAllSessionsOfUser",
+    "GetSpecificSessionOfUser",
+    "Node",
+    "NodeResult",
+    "RemoveAccessGroupFromUserSession",
+]

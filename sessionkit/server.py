@@ -362,3 +362,6 @@ class EmbeddedCluster(_Managed):
             with contextlib.suppress(Exception):
                 node.stop()
         self.nodes = []
+
+
+__all__ = ["EmbeddedCluster", "EmbeddedServer", "find_server_binary", "free_port", "server_version"]

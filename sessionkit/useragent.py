@@ -52,3 +52,6 @@ def parse_user_agent(raw: str) -> UserAgent:
         device=Device(r.device.family),
         os=OperatingSystem(r.os.family, _v(r.os.major), _v(r.os.minor), _v(r.os.patch)),
     )
+
+
+__all__ = ["Device", "OperatingSystem", "UserAgent", "parse_user_agent"]
