@@ -20,10 +20,11 @@ import hiredis
 import redis.asyncio as aioredis
 
 from bench.impls import UA, Impl
-from sessionkit import SessionStore, keys
+from sessionkit import SessionStore
+from sessionkit import _keys as keys
+from sessionkit._model import encode_body
+from sessionkit._scripts import Settings, create_call, get_call
 from sessionkit._transport import pack_script
-from sessionkit.model import encode_body
-from sessionkit.scripts import Settings, create_call, get_call
 
 
 def _resolve_commands(settings: Settings, tokens: list[str]) -> list[bytes]:

@@ -29,7 +29,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sessionkit import Session, validate
+from sessionkit import Session
+from sessionkit import _validate as validate
 from sessionkit.useragent import parse_user_agent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -4,6 +4,7 @@ One atomic Lua round trip per operation, every key of a user in one Redis
 Cluster hash slot, tokens never stored in the clear.
 """
 
+from sessionkit._model import Session
 from sessionkit.errors import (
     BackendError,
     BackendTimeout,
@@ -12,7 +13,6 @@ from sessionkit.errors import (
     SessionKitError,
     ValidationError,
 )
-from sessionkit.model import Session
 from sessionkit.store import SessionStore
 from sessionkit.useragent import UserAgent
 

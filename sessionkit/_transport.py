@@ -42,8 +42,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from sessionkit import _redispy
+from sessionkit._scripts import Script
 from sessionkit.errors import BackendError, BackendTimeout, BackendUnavailable, SessionKitError
-from sessionkit.scripts import Script
 
 #: Most commands written in one batch.
 MAX_BATCH: Final = 512

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from sessionkit._model import Session
 from sessionkit.defaults import PREFIX
 from sessionkit.errors import BackendUnavailable, SessionKitError, ValidationError
 from sessionkit.events import Event, EventConsumer, tail
-from sessionkit.model import Session
 from sessionkit.store import SessionStore
 
 EXIT_INPUT = 3

@@ -15,7 +15,7 @@ LIFETIME: Final = 14 * 86400
 TOUCH_INTERVAL: Final = 60
 
 #: Cluster hash-tag buckets a user can fall in: each is one Redis Cluster
-#: slot and one event stream (see `sessionkit.keys` for the trade-off). Part
+#: slot and one event stream (see `sessionkit._keys` for the trade-off). Part
 #: of the key layout: changing it orphans existing sessions.
 BUCKETS: Final = 1024
 

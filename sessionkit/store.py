@@ -26,7 +26,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from sessionkit import _transport, keys, scripts, validate
+from sessionkit import _keys as keys
+from sessionkit import _scripts as scripts
+from sessionkit import _transport
+from sessionkit import _validate as validate
+from sessionkit._model import Session, decode_session, encode_body, unpack_listing
+from sessionkit._observe import Observer, TracerProvider
+from sessionkit._scripts import Scripts
 from sessionkit.defaults import (
     EVENTS_MAXLEN,
     LIFETIME,
@@ -39,9 +45,6 @@ from sessionkit.defaults import (
     TOUCH_INTERVAL,
 )
 from sessionkit.errors import LimitExceeded, ValidationError
-from sessionkit.model import Session, decode_session, encode_body, unpack_listing
-from sessionkit.observe import Observer, TracerProvider
-from sessionkit.scripts import Scripts
 
 if TYPE_CHECKING:
     from sessionkit.metrics import PrometheusMetrics
@@ -165,7 +168,7 @@ class SessionStore:
         self.metrics = self._observer.metrics if self._observer else None
         self._owns_client = False
         self.transport = _transport.Transport(client, batching=pipelining, retries=retries)
-        #: What the scripts take from these settings (see `sessionkit.scripts`).
+        #: What the scripts take from these settings (see `sessionkit._scripts`).
         self.settings = scripts.Settings(
             prefix=self.prefix,
             lifetime_ms=self.lifetime_ms,

@@ -20,7 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from sessionkit import SessionStore, keys
+from sessionkit import SessionStore
+from sessionkit import _keys as keys
 from sessionkit.events import Event, EventConsumer
 from sessionkit.server import EmbeddedCluster, EmbeddedServer, find_server_binary, server_version
 from sessionkit.store import Client

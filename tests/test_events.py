@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sessionkit import SessionStore, ValidationError, keys
+from sessionkit import SessionStore, ValidationError
+from sessionkit import _keys as keys
 from sessionkit.events import EVENT_TYPES, Event, EventConsumer, tail
 from tests.conftest import Backend, StoreFactory, drain, stream_of
 

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from sessionkit import SessionKitError, SessionStore, ValidationError, keys
+from sessionkit import SessionKitError, SessionStore, ValidationError
+from sessionkit import _keys as keys
 
 pytestmark = pytest.mark.server
 T = TypeVar("T")
@@ -355,7 +356,7 @@ def test_the_stored_layout_is_the_same_in_python_and_lua() -> None:
     import re
     from importlib import resources
 
-    from sessionkit import model
+    from sessionkit import _model as model
 
     lib = (resources.files("sessionkit") / "lua" / "_lib.lua").read_text("utf-8")
 

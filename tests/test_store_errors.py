@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sessionkit import BackendUnavailable, SessionKitError, SessionStore, ValidationError, keys
+from sessionkit import BackendUnavailable, SessionKitError, SessionStore, ValidationError
+from sessionkit import _keys as keys
 from sessionkit.server import EmbeddedServer, free_port
 from tests.conftest import Backend, StoreFactory
 
@@ -188,7 +189,7 @@ async def test_server_errors_are_wrapped(server_url: str) -> None:
     try:
         s = await store.create("alice")
         # Turn the session key into a hash: the script's GET now fails on the server.
-        from sessionkit import keys
+        from sessionkit import _keys as keys
 
         _, bucket = keys.user_digest("alice")
         key = keys.session_key("errors", bucket, s.id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from sessionkit import keys
+from sessionkit import _keys as keys
 from tests.conftest import Backend, StoreFactory
 
 

@@ -9,7 +9,7 @@ import pytest
 from redis.crc import key_slot
 
 from sessionkit import SessionStore
-from sessionkit.keys import user_digest
+from sessionkit._keys import user_digest
 from tests.conftest import Backend
 
 HOSTILE_IDS = [

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from sessionkit import Session, SessionStore, keys
+from sessionkit import Session, SessionStore
+from sessionkit import _keys as keys
 from tests.conftest import Backend, StoreFactory
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
@@ -206,8 +207,8 @@ async def test_lifetime_option_accepts_timedelta(make_store: StoreFactory) -> No
 async def test_a_retried_create_with_the_same_token_makes_one_session(
     store: SessionStore,
 ) -> None:
-    from sessionkit import keys
-    from sessionkit.model import encode_body
+    from sessionkit import _keys as keys
+    from sessionkit._model import encode_body
 
     digest, bucket = keys.user_digest("alice")
     token = keys.new_token(bucket)

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from sessionkit import BackendUnavailable, SessionKitError, SessionStore, keys
+from sessionkit import BackendUnavailable, SessionKitError, SessionStore
+from sessionkit import _keys as keys
 from sessionkit.server import EmbeddedServer
 
 
@@ -123,8 +124,8 @@ async def test_a_server_that_dies_fails_the_whole_batch_cleanly() -> None:
 def test_hand_packed_calls_match_redis_py_byte_for_byte() -> None:
     from redis.asyncio.connection import Connection
 
+    from sessionkit._scripts import Scripts
     from sessionkit._transport import pack_script as pack_evalsha
-    from sessionkit.scripts import Scripts
 
     keys_ = ("sk:{0001}:s:abc", "sk:{0001}:")
     args = ("", "é ünïcode", 0, 60_000, b"\x00raw\r\n", -5)

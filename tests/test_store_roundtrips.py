@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sessionkit import SessionStore
-from sessionkit.scripts import Scripts
+from sessionkit._scripts import Scripts
 from tests.conftest import Backend
 
 # Commands a client can send that no script of ours may hide behind.
@@ -88,7 +88,7 @@ async def test_scripts_are_reloaded_after_script_flush(
 
 
 def test_each_script_carries_only_the_helpers_it_uses() -> None:
-    from sessionkit.scripts import Scripts
+    from sessionkit._scripts import Scripts
 
     assert "local function emit" not in Scripts.get.source  # a read writes no event
     assert "local function batched" not in Scripts.get.source
@@ -105,7 +105,7 @@ async def test_lua_errors_name_the_line_of_the_scripts_own_file(server_url: str)
 
     import redis.asyncio as aioredis
 
-    from sessionkit.scripts import assemble
+    from sessionkit._scripts import assemble
 
     lib = (resources.files("sessionkit") / "lua" / "_lib.lua").read_text("utf-8")
     body = "-- a script\nlocal stamp = ms13(now_ms())\nerror('boom at ' .. stamp)\n"

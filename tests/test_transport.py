@@ -24,10 +24,10 @@ from sessionkit import (
     SessionStore,
     _redispy,
     _transport,
-    keys,
 )
+from sessionkit import _keys as keys
+from sessionkit._scripts import Scripts
 from sessionkit.events import EventConsumer
-from sessionkit.scripts import Scripts
 from sessionkit.server import EmbeddedCluster
 
 

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sessionkit import Session, SessionStore, keys
+from sessionkit import Session, SessionStore
+from sessionkit import _keys as keys
 from sessionkit.web import (
     SessionMiddleware,
     altogic_routes,

@@ -11,7 +11,7 @@ session's ``expires_at`` says when it ends, so a consumer that needs to act
 then can schedule it.
 
 Layout and trade-off. A script may only touch keys in its user's hash slot,
-so each bucket (see `sessionkit.keys`) has its own stream,
+so each bucket (see `sessionkit._keys`) has its own stream,
 ``<prefix>:{<tag>}:events``: 1,024 streams per prefix. Events of one user
 are in one stream, in order; events of different users are ordered by time
 only as far as the server clock goes (a batch is sorted by entry id). On one

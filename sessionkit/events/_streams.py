@@ -11,7 +11,9 @@ import anyio
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 
-from sessionkit import _transport, keys
+from sessionkit import _keys as keys
+from sessionkit import _transport
+from sessionkit._scripts import Scripts, read_events_args
 from sessionkit.errors import BackendError, BackendUnavailable, SessionKitError
 from sessionkit.events._entries import (
     Event,
@@ -19,7 +21,6 @@ from sessionkit.events._entries import (
     _entry_key,
     _text,
 )
-from sessionkit.scripts import Scripts, read_events_args
 from sessionkit.store import SessionStore
 
 #: How long a read may take beyond the time it asks the server to wait.

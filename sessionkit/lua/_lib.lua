@@ -1,4 +1,4 @@
--- Shared helpers: sessionkit.scripts prepends to every script the
+-- Shared helpers: sessionkit._scripts prepends to every script the
 -- definitions of this file that the script uses (each one defined costs
 -- every call a closure), so each script stays one static source on the
 -- server. A definition is a top-level `local` line, the comment lines

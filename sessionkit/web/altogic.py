@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, Router
 
-from sessionkit.model import Session
+from sessionkit._model import Session
 from sessionkit.store import SessionStore
 from sessionkit.web.auth import (
     require_session,

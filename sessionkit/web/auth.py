@@ -15,8 +15,8 @@ from typing import Any, Literal, TypeVar, overload
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from sessionkit._model import Session
 from sessionkit.errors import ValidationError
-from sessionkit.model import Session
 from sessionkit.web.errors import AccessDenied, MiddlewareMissing
 from sessionkit.web.middleware import SCOPE_KEY, SessionState
 

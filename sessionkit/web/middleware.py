@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from starlette.responses import JSONResponse
 
+from sessionkit._model import Session
 from sessionkit.errors import BackendUnavailable
-from sessionkit.model import Session
 from sessionkit.store import SessionStore
 from sessionkit.web.errors import AccessDenied
 from sessionkit.web.types import ASGIApp, Message, Receive, Scope, Send

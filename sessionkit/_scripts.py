@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 from redis.exceptions import NoScriptError
 
-from sessionkit import keys
+from sessionkit import _keys as keys
 from sessionkit.defaults import MAX_GROUPS_PER_SESSION
 
 

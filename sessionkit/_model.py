@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
+from sessionkit._keys import SESSION_ID_CHARS
 from sessionkit.errors import BackendError
-from sessionkit.keys import SESSION_ID_CHARS
 from sessionkit.useragent import UserAgent, parse_user_agent
 
 
