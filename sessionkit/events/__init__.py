@@ -10,7 +10,7 @@ every session already has) writes none. Expiry writes none either: a
 session's ``expires_at`` says when it ends, so a consumer that needs to act
 then can schedule it.
 
-Layout and trade-off. A script may only touch keys in its user's hash slot,
+Layout. A script may only touch keys in its user's hash slot,
 so each bucket (see `sessionkit._keys`) has its own stream,
 ``<prefix>:{<tag>}:events``: 1,024 streams per prefix. Events of one user
 are in one stream, in order; events of different users are ordered by time
