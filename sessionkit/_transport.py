@@ -131,6 +131,8 @@ _TABLE: Final[tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
         Fault.MOVING,
     ),
     ((rx.TimeoutError, builtins.TimeoutError), Fault.TIMEOUT),
+    # A cluster client that cannot reach any node (its other errors are above).
+    (rx.RedisClusterException, Fault.BROKEN),
     ((rx.ConnectionError, ConnectionError, OSError, rx.MaxConnectionsError), Fault.BROKEN),
     (rx.RedisError, Fault.REFUSED),
 )
@@ -507,8 +509,8 @@ class Transport:
             if isinstance(reply, BaseException):
                 raise error(reply, operation) from reply
             return reply
-        pool = self.client.connection_pool
-        conn = await _redispy.acquire(pool)
+        source = self._single[1]
+        conn = await source.get()  # the spare first: a pool of one still works
         try:
             async with asyncio.timeout(wait):
                 await _redispy.write(conn, pack(*parts))
@@ -522,7 +524,7 @@ class Transport:
                 raise error(exc, operation) from exc
             raise
         finally:
-            await _redispy.release(pool, conn)
+            await source.put(conn)
 
     async def on_node(self, operation: str, node: ClusterNode, script: Script, *args: Any) -> Any:
         """Run a keyless script on one cluster node (the event reader's)."""

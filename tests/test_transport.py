@@ -80,12 +80,25 @@ def test_the_error_table_types_every_redis_fault_and_nothing_else() -> None:
     assert f(rx.ClusterDownError("down")) is _transport.Fault.MOVING
     assert f(rx.NoScriptError()) is _transport.Fault.NOSCRIPT
     assert f(rx.ResponseError("WRONGTYPE")) is _transport.Fault.REFUSED
+    assert f(rx.RedisClusterException("no node")) is _transport.Fault.BROKEN
+    assert f(rx.SlotNotCoveredError("slot")) is _transport.Fault.MOVING
     # A programming error is not a Redis fault: it is never retried or renamed.
     assert f(ValueError()) is None and f(AttributeError()) is None
     timeout = _transport.error(rx.TimeoutError("x"), "get")
     assert isinstance(timeout, BackendTimeout) and isinstance(timeout, BackendUnavailable)
     assert timeout.code == "backend_timeout"
     assert isinstance(_transport.error(rx.ResponseError("x"), "get"), BackendError)
+
+
+async def test_an_unreachable_cluster_is_backend_unavailable() -> None:
+    from sessionkit.server import free_port
+
+    store = SessionStore.from_url(f"redis+cluster://127.0.0.1:{free_port()}", socket_timeout=1.0)
+    try:
+        with pytest.raises(BackendUnavailable, match="unreachable during create"):
+            await store.create("alice")
+    finally:
+        await store.aclose()
 
 
 @pytest.mark.server
