@@ -325,6 +325,21 @@ async def _exchange(source: _Connections, calls: Sequence[_Call]) -> list[Any]:
         await source.put(conn)
 
 
+async def _exchange_all(source: _Connections, payloads: Sequence[tuple[str, bytes]]) -> list[Any]:
+    """`_exchange` in batches of `MAX_BATCH`; a batch that could not even
+    get a connection gets that fault as every reply."""
+    replies: list[Any] = []
+    for start in range(0, len(payloads), MAX_BATCH):
+        chunk = payloads[start : start + MAX_BATCH]
+        try:
+            replies += await _exchange(source, [_Call(p) for _, p in chunk])
+        except Exception as exc:
+            if classify(exc) is None:
+                raise
+            replies += [exc] * len(chunk)
+    return replies
+
+
 async def _send_on(
     lane: _Lane, source: _Connections, payload: bytes, *, batching: bool = True
 ) -> Any:
@@ -473,29 +488,27 @@ class Transport:
         return replies
 
     async def _send_many(self, payloads: Sequence[tuple[str, bytes]]) -> list[Any]:
+        """Each payload's reply, or the fault it met: a fault never takes
+        the replies of other batches with it (a repeated XACK would count 0)."""
         if self._single is not None:
-            source = self._single[1]
-            replies: list[Any] = []
-            for start in range(0, len(payloads), MAX_BATCH):
-                chunk = payloads[start : start + MAX_BATCH]
-                replies += await _exchange(source, [_Call(p) for _, p in chunk])
-            return replies
+            return await _exchange_all(self._single[1], payloads)
         if not self.cluster:
             return [await self._send_plain(p) for _, p in payloads]
         await self.ready()
+        out: list[Any] = [None] * len(payloads)
         by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
         for i, (key, _) in enumerate(payloads):
-            node = _redispy.node_for_slot(self.client, key_slot(key.encode()))
+            try:
+                node = _redispy.node_for_slot(self.client, key_slot(key.encode()))
+            except rx.RedisClusterException as exc:  # no node serves it now
+                out[i] = exc
+                continue
             by_node.setdefault(node.name, (node, []))[1].append(i)
-        out: list[Any] = [None] * len(payloads)
 
         async def on(node: ClusterNode, indexes: list[int]) -> None:
-            source = _NodeConnections(node)
-            for start in range(0, len(indexes), MAX_BATCH):
-                part = indexes[start : start + MAX_BATCH]
-                got = await _exchange(source, [_Call(payloads[i][1]) for i in part])
-                for i, reply in zip(part, got, strict=True):
-                    out[i] = reply
+            got = await _exchange_all(_NodeConnections(node), [payloads[i] for i in indexes])
+            for i, reply in zip(indexes, got, strict=True):
+                out[i] = reply
 
         await asyncio.gather(*(on(node, indexes) for node, indexes in by_node.values()))
         return out

@@ -361,3 +361,35 @@ async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: 
         finally:
             for c in (src, dst, *others):
                 await c.aclose()
+
+
+@pytest.mark.server
+async def test_a_batch_that_gets_no_connection_fails_alone(server_url: str, prefix: str) -> None:
+    """Several batches of commands: one that cannot get a connection gets
+    that fault as its replies; the batches before it keep theirs (so a
+    repeated XACK never counts twice as zero)."""
+    client = aioredis.Redis.from_url(server_url)
+    await client.set(f"{prefix}:k", "v")
+    real = _transport._PoolConnections(client.connection_pool)
+
+    class SecondGetFails(_transport._Connections):
+        gets = 0
+
+        async def get(self) -> Any:
+            self.gets += 1
+            if self.gets == 2:
+                raise rx.ConnectionError("no connection to be had")
+            return await real.get()
+
+        async def put(self, conn: Any) -> None:
+            await real.put(conn)
+
+    n = _transport.MAX_BATCH + 88
+    payloads = [(f"{prefix}:k", _transport.pack("GET", f"{prefix}:k"))] * n
+    try:
+        replies = await _transport._exchange_all(SecondGetFails(), payloads)
+    finally:
+        await real.drop()
+        await client.aclose()
+    assert replies[: _transport.MAX_BATCH] == [b"v"] * _transport.MAX_BATCH
+    assert all(isinstance(r, rx.ConnectionError) for r in replies[_transport.MAX_BATCH :])
