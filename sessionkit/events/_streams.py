@@ -172,8 +172,9 @@ class _Transient(Exception):
 _MORE_TRIES = 3
 
 #: How many times a cluster read tries a stream whose slot is moving, and
-#: the pause (growing) between the later tries.
-_SKIP_TRIES = 4
+#: the pause (growing) between the later tries: about half a second in all,
+#: as a slot that just moved can take that long to answer on a busy machine.
+_SKIP_TRIES = 6
 _SKIP_WAIT = 0.05
 
 #: Errors of a cluster whose slots are moving (the read goes on after a
