@@ -15,7 +15,6 @@ from importlib import resources
 from typing import Any, Final, NamedTuple
 
 import msgspec
-from redis.exceptions import NoScriptError
 
 from sessionkit import _keys as keys
 from sessionkit.defaults import MAX_GROUPS_PER_SESSION
@@ -28,13 +27,6 @@ class Script:
     sha: str
     #: ``EVALSHA <sha>`` as RESP bulk strings, for packing calls by hand.
     resp_head: bytes
-
-    async def __call__(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """Run the script on `client` (one round trip once the server has it)."""
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
 
 
 _DEFINITION = re.compile(r"^local (?:function )?([\w, ]+?)(?:\(| =|$)", re.M)

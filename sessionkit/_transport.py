@@ -542,10 +542,9 @@ class Transport:
     async def on_node(self, operation: str, node: ClusterNode, script: Script, *args: Any) -> Any:
         """Run a keyless script on one cluster node (the event reader's)."""
         source = _NodeConnections(node)
-        lane = _Lane()
-        reply = await _send_on(lane, source, pack_script(script, (), args))
+        reply = (await _exchange(source, (_Call(pack_script(script, (), args)),)))[0]
         if isinstance(reply, rx.NoScriptError):
-            reply = await _send_on(lane, source, pack_eval(script, (), args))
+            reply = (await _exchange(source, (_Call(pack_eval(script, (), args)),)))[0]
         if isinstance(reply, BaseException):
             raise reply
         return reply
