@@ -13,6 +13,7 @@ from sessionkit.errors import (
     SessionKitError,
     ValidationError,
 )
+from sessionkit.nearcache import NearCache, NearCacheStats
 from sessionkit.store import SessionStore
 from sessionkit.useragent import UserAgent
 
@@ -21,6 +22,8 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "LimitExceeded",
+    "NearCache",
+    "NearCacheStats",
     "Session",
     "SessionKitError",
     "SessionStore",

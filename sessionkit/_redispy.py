@@ -11,6 +11,7 @@ redis-py upgrade moves any of them.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Final
 
 import hiredis
@@ -18,6 +19,8 @@ from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.client import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AskError, MovedError
 
 #: What a hiredis reader returns when a reply is not complete yet.
@@ -72,6 +75,20 @@ async def write(conn: AbstractConnection, payload: bytes) -> None:
 def socket_timeout(conn: AbstractConnection) -> float | None:
     timeout = conn.socket_timeout
     return None if timeout is None else float(timeout)
+
+
+def dedicated_connection(source: ConnectionPool | ClusterNode) -> AbstractConnection:
+    """A new connection with a pool's (or a cluster node's) settings that
+    belongs to no pool: the near cache's invalidation channel holds it for
+    good. Not connected yet; it does not retry on its own. It speaks RESP2,
+    where the server's announcements arrive as Pub/Sub messages that redis-py
+    returns as they are (in RESP3 they are pushes redis-py keeps for its own
+    client-side cache)."""
+    kwargs = dict(source.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    kwargs["protocol"] = 2
+    conn: AbstractConnection = source.connection_class(**kwargs)
+    return conn
 
 
 # -- one server -----------------------------------------------------------
@@ -134,12 +151,20 @@ def check() -> None:
     for owner, names in (
         (parser, ("_reader", "read_from_socket", "_stream")),
         (AbstractConnection, ("_parser", "_writer", "is_connected", "connect", "socket_timeout")),
-        (ConnectionPool, ("get_connection", "release", "disconnect")),
-        (ClusterNode, ("acquire_connection", "release", "name")),
+        (
+            ConnectionPool(),
+            ("get_connection", "release", "disconnect", "connection_class", "connection_kwargs"),
+        ),
+        (
+            ClusterNode("localhost", 6379),
+            ("acquire_connection", "release", "connection_class", "connection_kwargs"),
+        ),
     ):
         for name in names:
             if not hasattr(owner, name) and name not in getattr(owner, "__slots__", ()):
                 missing.append(f"{getattr(owner, '__name__', type(owner).__name__)}.{name}")
+    if "push_request" not in inspect.signature(AbstractConnection.read_response).parameters:
+        missing.append("AbstractConnection.read_response(push_request=)")
     from redis.asyncio.cluster import NodesManager
 
     for name in ("get_node_from_slot", "get_node", "move_slot", "initialize"):

@@ -125,6 +125,10 @@ class Settings:
     touch_interval_ms: int
     #: The event streams' cap; 0 turns events off (and the user id is not sent).
     events_maxlen: int
+    #: With an idle timeout, a read slides it only once this long has passed
+    #: since the last slide (0: every read does; the near cache needs reads
+    #: that do not write).
+    slide_interval_ms: int = 0
 
 
 class Call(NamedTuple):
@@ -184,7 +188,7 @@ def get_call(s: Settings, bucket: int, sid: str, digest: str = "") -> Call:
     return Call(
         Scripts.get,
         (keys.session_key(s.prefix, bucket, sid), keys.user_prefix(s.prefix, bucket)),
-        (digest, sid, s.idle_timeout_ms, s.touch_interval_ms),
+        (digest, sid, s.idle_timeout_ms, s.touch_interval_ms, s.slide_interval_ms),
     )
 
 

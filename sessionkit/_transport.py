@@ -31,7 +31,7 @@ import builtins
 import contextlib
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -428,6 +428,7 @@ class Transport:
         self._nodes: dict[str, tuple[_Lane, _NodeConnections]] = {}
         self._ready = not self.cluster
         self._init_lock = anyio.Lock()
+        self._watchers: list[Callable[[], None]] = []
 
     # -- the public face --------------------------------------------------
 
@@ -562,6 +563,16 @@ class Transport:
         if self.cluster:
             with contextlib.suppress(Exception):
                 await _redispy.reload_topology(self.client)
+            self._topology_changed()
+
+    def watch_topology(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever this transport learns that a cluster's
+        slots moved (the near cache then listens to the new primaries)."""
+        self._watchers.append(callback)
+
+    def _topology_changed(self) -> None:
+        for callback in self._watchers:
+            callback()
 
     # -- retries: the one place -------------------------------------------
 
@@ -605,6 +616,7 @@ class Transport:
         """Record a MOVED answer in the client's slot table."""
         with contextlib.suppress(Exception):
             await _redispy.follow_redirect(self.client, moved)
+        self._topology_changed()
 
     async def _after_broken(self) -> None:
         """After a broken connection the idle ones are suspect too (a restart,

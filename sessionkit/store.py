@@ -27,8 +27,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from sessionkit import _keys as keys
+from sessionkit import _redispy, _transport
 from sessionkit import _scripts as scripts
-from sessionkit import _transport
 from sessionkit import _validate as validate
 from sessionkit._model import Session, decode_session, encode_body, unpack_listing
 from sessionkit._observe import Observer, TracerProvider
@@ -45,6 +45,7 @@ from sessionkit.defaults import (
     TOUCH_INTERVAL,
 )
 from sessionkit.errors import LimitExceeded, ValidationError
+from sessionkit.nearcache import Near, NearCache, NearCacheStats
 
 if TYPE_CHECKING:
     from sessionkit.metrics import PrometheusMetrics
@@ -96,6 +97,7 @@ class StoreOptions(TypedDict, total=False):
     events_maxlen: int
     metrics: bool | PrometheusMetrics
     tracing: bool | TracerProvider
+    near_cache: bool | NearCache
 
 
 class SessionStore:
@@ -121,6 +123,10 @@ class SessionStore:
     `retries` times on a fresh one (every script is safe to repeat); a
     server that does not answer in time is not retried. Slot moves and
     failovers on a cluster are followed (see `sessionkit._transport`).
+    With `near_cache` (True, or a `sessionkit.NearCache` with its bounds;
+    off by default), `resolve` and `get` answer from process memory while the
+    server vouches that the session has not changed (see
+    `sessionkit.nearcache`); call `aclose()` to stop its connections.
     """
 
     def __init__(
@@ -138,6 +144,7 @@ class SessionStore:
         events_maxlen: int = EVENTS_MAXLEN,
         metrics: bool | PrometheusMetrics = False,
         tracing: bool | TracerProvider = False,
+        near_cache: bool | NearCache = False,
     ) -> None:
         self.client = client
         self.prefix = validate.prefix(prefix)
@@ -168,6 +175,15 @@ class SessionStore:
         self.metrics = self._observer.metrics if self._observer else None
         self._owns_client = False
         self.transport = _transport.Transport(client, batching=pipelining, retries=retries)
+        near = _near_cache_options(near_cache, client)
+        # A cached session must be readable without a write: with an idle
+        # timeout, reads then slide it at most every tenth of it (or touch
+        # interval), so a session may end up to that much early.
+        slide_ms = (
+            min(self.touch_interval_ms, max(1, self.idle_timeout_ms // 10))
+            if near is not None and self.idle_timeout_ms
+            else 0
+        )
         #: What the scripts take from these settings (see `sessionkit._scripts`).
         self.settings = scripts.Settings(
             prefix=self.prefix,
@@ -176,6 +192,14 @@ class SessionStore:
             max_sessions_per_user=self.max_sessions_per_user,
             touch_interval_ms=self.touch_interval_ms,
             events_maxlen=self.events_maxlen if events else 0,
+            slide_interval_ms=slide_ms,
+        )
+        self._near = (
+            None
+            if near is None
+            else Near(
+                near, self.transport, self.prefix, slide_ms or self.touch_interval_ms, self._touch
+            )
         )
 
     @classmethod
@@ -242,9 +266,16 @@ class SessionStore:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the client if the store made it (`from_url`)."""
+        """Stop the near cache, if on, and close the client if the store
+        made it (`from_url`)."""
+        if self._near is not None:
+            await self._near.aclose()
         if self._owns_client:
             await self.client.aclose()
+
+    def near_cache_stats(self) -> NearCacheStats | None:
+        """What the near cache has done (hits, misses, ...); None when it is off."""
+        return None if self._near is None else self._near.stats()
 
     async def load_scripts(self) -> None:
         """Load every script now (on every primary of a cluster), so that the
@@ -302,6 +333,8 @@ class SessionStore:
         """The session of `user_id` with this token, or None (unknown,
         expired, malformed, or another user's token)."""
         uid = validate.user_id(user_id)
+        if self._near is not None and (hit := self._near.lookup(token, uid)) is not None:
+            return hit
         digest, bucket = keys.user_digest(uid)
         if keys.token_bucket(token) != bucket:
             return None
@@ -310,17 +343,33 @@ class SessionStore:
     @_observed("resolve")
     async def resolve(self, token: str) -> Session | None:
         """The session a token belongs to, from the token alone, or None."""
+        if self._near is not None and (hit := self._near.lookup(token)) is not None:
+            return hit
         bucket = keys.token_bucket(token)
         if bucket is None:
             return None
         return await self._read(bucket, token, "")
 
-    async def _read(self, bucket: int, token: str, digest: str) -> Session | None:
+    async def _read(
+        self, bucket: int, token: str, digest: str, *, cached: bool = True
+    ) -> Session | None:
         sid = keys.session_id(token)
+        near = self._near if cached else None
+        ticket = near.ticket() if near is not None else None
         raw = await self.transport.call(*scripts.get_call(self.settings, bucket, sid, digest))
         if not raw:
             return None
-        return decode_session(raw[0], raw[1], sid, token, self.idle_timeout_ms)
+        session = decode_session(raw[0], raw[1], sid, token, self.idle_timeout_ms)
+        if near is not None and ticket is not None:
+            return near.keep(ticket, token, bucket, raw[0], session)
+        return session
+
+    async def _touch(self, token: str) -> object:
+        """A read for its side effect (last-active, the idle timeout), for
+        a near-cache hit that is due one."""
+        bucket = keys.token_bucket(token)
+        assert bucket is not None  # the cache holds only tokens read by them
+        return await self._read(bucket, token, "", cached=False)
 
     @_observed("list")
     async def list(self, user_id: str) -> builtins.list[Session]:
@@ -439,6 +488,24 @@ class SessionStore:
                 details={"limit": "groups_per_session", "maximum": MAX_GROUPS_PER_SESSION},
             )
         return changed
+
+
+def _near_cache_options(near_cache: object, client: object) -> NearCache | None:
+    if near_cache is False:
+        return None
+    options = NearCache() if near_cache is True else near_cache
+    if not isinstance(options, NearCache):
+        raise ValidationError(
+            f"near_cache must be True, False or a NearCache, got {near_cache!r}",
+            details={"parameter": "near_cache"},
+        )
+    if not (isinstance(client, RedisCluster) or _redispy.is_redis_py_client(client)):
+        raise ValidationError(
+            "near_cache needs a redis-py client (redis.asyncio.Redis or RedisCluster): "
+            "it listens for the server's CLIENT TRACKING announcements",
+            details={"parameter": "near_cache"},
+        )
+    return options
 
 
 __all__ = ["Client", "Duration", "Revoked", "SessionStore", "StoreOptions"]

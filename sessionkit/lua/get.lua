@@ -7,6 +7,8 @@
 -- ARGV[1] user digest the session must belong to ('' for resolve)
 -- ARGV[2] session id   ARGV[3] idle timeout ms (0: none)
 -- ARGV[4] touch interval ms
+-- ARGV[5] with an idle timeout, slide it only if the last slide is at least
+--         this many ms old (0: on every read)
 -- Returns {value, groups entry}, or false (also for a value of another layout).
 local skey = KEYS[1]
 local v = redis.call('GET', skey)
@@ -21,7 +23,7 @@ local groups = redis.call('HGET', groups_key, ARGV[2]) or NO_GROUPS
 
 local now = now_ms()
 local idle = tonumber(ARGV[3])
-if idle > 0 then
+if idle > 0 and now - field_ms(v, LAST_ACTIVE_AT) >= tonumber(ARGV[5]) then
   local expires = field_ms(v, EXPIRES_AT)
   local dies = now + idle
   if expires < dies then
@@ -31,7 +33,7 @@ if idle > 0 then
   redis.call('PEXPIREAT', skey, ms13(dies))
   redis.call('ZADD', index, 'XX', ms13(dies), ARGV[2])
   refresh_ttl(index, order, groups_key)
-elseif now - field_ms(v, LAST_ACTIVE_AT) >= tonumber(ARGV[4]) then
+elseif idle == 0 and now - field_ms(v, LAST_ACTIVE_AT) >= tonumber(ARGV[4]) then
   redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, ms13(now))
 else
   return {v, groups}
