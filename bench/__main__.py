@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from bench import report, sections
+from bench import nearcache, report, sections
 from bench.impls import IMPLEMENTATIONS, UA, Impl, make_impls
 from bench.limits import measure_ceiling, measure_memory
 from bench.runner import Result, run_scenario
@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep")
     p.add_argument("--no-cluster", action="store_true", help="skip the embedded cluster section")
+    p.add_argument("--no-near-cache", action="store_true", help="skip the near cache section")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON results here")
     p.add_argument(
@@ -255,6 +256,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 scale=scale,
                 events=events,
             )
+        near: dict[str, Any] = {}
+        if not args.no_near_cache and not cluster and "sessionkit" in impl_names:
+            console.print("the near cache: cached resolves and revocation between processes…")
+            near = await nearcache.measure(url, quick=args.quick)
         ceiling: dict[str, Any] = {}
         memory: dict[str, Any] = {}
         worst: dict[str, Any] = {}
@@ -281,6 +286,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             sweep=sweep,
             cluster=cluster_section,
             processes=procs,
+            near_cache=near,
         )
     report.print_table(doc, console)
     report.write(doc, args.results, args.json)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench import worst_case
+from bench import nearcache, worst_case
 from bench.impls import PEERS
 from bench.runner import Result
 
@@ -64,6 +64,7 @@ def build(
     sweep: list[dict[str, Any]] | None = None,
     cluster: dict[str, Any] | None = None,
     processes: dict[str, Any] | None = None,
+    near_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if processes and ceiling:
         for op in ("resolve", "create"):
@@ -80,6 +81,7 @@ def build(
         "sweep": sweep or [],
         "cluster": cluster or {},
         "processes": processes or {},
+        "near_cache": near_cache or {},
     }
 
 
@@ -205,6 +207,7 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
         ("concurrency sweep:", sweep_lines(doc)),
         ("cluster:", cluster_lines(doc)),
         ("several client processes:", process_lines(doc)),
+        ("near cache:", nearcache.lines(doc.get("near_cache") or {})),
     ):
         if lines:
             console.print(title)
@@ -278,6 +281,7 @@ def markdown(doc: dict[str, Any]) -> str:
         ("Concurrency sweep:", sweep_lines(doc)),
         ("Cluster:", cluster_lines(doc)),
         ("Several client processes:", process_lines(doc)),
+        ("Near cache:", nearcache.lines(doc.get("near_cache") or {})),
     ):
         if extra:
             lines += ["", title, "", *extra]

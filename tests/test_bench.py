@@ -57,8 +57,15 @@ def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
     doc = json.loads(out.read_text())
     assert set(doc) == {
         "conditions", "results", "ratios", "ceiling", "memory", "worst_case",
-        "sweep", "cluster", "processes",
+        "sweep", "cluster", "processes", "near_cache",
     }  # fmt: skip
+    near = doc["near_cache"]
+    for run in ("cached", "hits_only", "uncached"):
+        assert near["resolve_cached"][run]["ops_per_s"] > 0, run
+        assert near["resolve_cached"][run]["missing"] == 0, run
+    assert 0.5 < near["resolve_cached"]["cached"]["hit_ratio"] <= 1
+    rev = near["revocation"]
+    assert rev["changes"] > 0 and rev["p50_ms"] <= rev["p99_ms"] <= rev["max_ms"]
     assert set(doc["worst_case"]) == {"1000", "100"}
     for figures in doc["worst_case"].values():
         for op in ("list", "add_groups", "remove_groups", "delete_all", "create_at_cap"):
