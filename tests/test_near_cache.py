@@ -22,6 +22,7 @@ from sessionkit._model import decode_session
 from sessionkit._scripts import get_call
 from sessionkit._tracking import CLIENT_NAME
 from tests.conftest import Backend, StoreFactory, make_client
+from tests.test_web import client_for, starlette_app
 
 pytestmark = [
     pytest.mark.usefixtures("drops_connections"),
@@ -408,3 +409,25 @@ async def test_memory_stays_within_its_bound_under_a_million_distinct_tokens(
     finally:
         await store.aclose()
         await client.aclose()
+
+
+# -- the web layer ----------------------------------------------------------
+
+
+async def test_the_web_middleware_resolves_through_the_cache_and_sees_a_revocation(
+    cached: Callable[..., SessionStore], make_store: StoreFactory
+) -> None:
+    store, other = cached(), make_store()
+    s = await other.create("alice", ["admin"])
+    await warm(store, s.token or "")
+    app = starlette_app(store)
+    async with client_for(app) as http:
+        headers = {"Session": s.token or ""}
+        hits = _stats(store).hits
+        for _ in range(5):
+            assert (await http.get("/admin", headers=headers)).status_code == 200
+        assert _stats(store).hits >= hits + 5
+        await invalidated_after(store, other.remove_groups("alice", "admin"))
+        assert (await http.get("/admin", headers=headers)).status_code == 403
+        await invalidated_after(store, other.delete("alice", s.token or ""))
+        assert (await http.get("/private", headers=headers)).status_code == 401
