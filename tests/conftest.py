@@ -113,11 +113,33 @@ class Backend:
         await self.client.script_flush()
 
 
-BACKENDS = [
-    pytest.param("server", marks=pytest.mark.server),
-    pytest.param("cluster", marks=pytest.mark.cluster),
-    pytest.param("fake", marks=pytest.mark.fake),
-]
+BACKENDS = ("server", "cluster", "fake")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backends(*names): run the test only on these backends (of server, cluster, "
+        "fake; default all three)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses `backend` runs on each backend its closest
+    `backends` marker names (class, module or test), all three by default:
+    one place decides, no fixture is overridden or imported."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    names = marker.args if marker else BACKENDS
+    unknown = set(names) - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"unknown backends {sorted(unknown)}: choose from {BACKENDS}")
+    metafunc.parametrize(
+        "backend",
+        [pytest.param(n, marks=getattr(pytest.mark, n)) for n in names],
+        indirect=True,
+    )
 
 
 def make_client(request: pytest.FixtureRequest, name: str) -> Client:
@@ -129,7 +151,7 @@ def make_client(request: pytest.FixtureRequest, name: str) -> Client:
     return fakeredis.FakeAsyncRedis(server=request.getfixturevalue("fake_server"))
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     client = make_client(request, request.param)
     yield Backend(request.param, client)

@@ -15,31 +15,23 @@ from bench.impls import PEER_OPS, PEERS, make_impls
 from bench.naive import NaiveStore
 from bench.scenarios import SCENARIOS
 from tests.conftest import Backend
-
-# The naive store runs on the single real server only (it is not cluster-safe).
-from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
-
-# The contract tests the naive store is held to, run against it as written.
-from tests.test_store_operations import (  # noqa: F401 (collected by pytest)
-    test_create_accepts_one_group_as_text,
-    test_create_returns_a_full_session_with_its_token,
-    test_data_round_trips_exactly,
-    test_delete_removes_one_session,
-    test_get_returns_the_session_only_for_its_own_user,
-    test_group_changes_touch_every_session_and_count_changes,
-    test_list_returns_live_sessions_oldest_first_without_tokens,
-    test_resolve_finds_the_session_from_the_token_alone,
-)
+from tests.test_store_operations import StoreContract
 
 ROOT = Path(__file__).parent.parent
 RESULT_KEYS = {"scenario", "impl", "ops_per_s", "p50_ms", "p99_ms", "p999_ms", "errors"}
 
 
-@pytest.fixture
-def store(backend: Backend, prefix: str) -> NaiveStore:
-    return NaiveStore(backend.client, prefix=prefix)  # type: ignore[arg-type]
+# The naive store runs on the single real server only (it is not cluster-safe).
+@pytest.mark.backends("server")
+class TestNaiveStore(StoreContract):
+    """The contract the naive yardstick is held to, as sessionkit's store is."""
+
+    @pytest.fixture
+    def store(self, backend: Backend, prefix: str) -> NaiveStore:
+        return NaiveStore(backend.client, prefix=prefix)  # type: ignore[arg-type]
 
 
+@pytest.mark.one_server  # the harness: the second server adds nothing
 @pytest.mark.server
 def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
     tmp_path: Path, server_url: str

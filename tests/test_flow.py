@@ -12,9 +12,8 @@ import pytest
 
 from sessionkit import SessionStore, ValidationError
 from sessionkit.flow import Flow, FlowDefinitionError, FlowError
-from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.backends("server")]
 
 FLOWS = Path(__file__).parent.parent / "examples" / "flows"
 

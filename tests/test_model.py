@@ -237,6 +237,7 @@ JSONISH = st.recursive(
 )
 
 
+@pytest.mark.one_server  # input checks: the second server adds nothing
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     user=PRINTABLE_OR_NOT | ANYTHING,

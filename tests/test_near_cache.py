@@ -21,26 +21,15 @@ from sessionkit import _keys as keys
 from sessionkit._model import decode_session
 from sessionkit._scripts import get_call
 from sessionkit._tracking import CLIENT_NAME
-from tests.conftest import Backend, StoreFactory, make_client
+from tests.conftest import Backend, StoreFactory
 from tests.test_web import client_for, starlette_app
 
+# The near cache needs a real server's CLIENT TRACKING: no fakeredis.
 pytestmark = [
+    pytest.mark.backends("server", "cluster"),
     pytest.mark.usefixtures("drops_connections"),
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
 ]
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("server", marks=pytest.mark.server),
-        pytest.param("cluster", marks=pytest.mark.cluster),
-    ]
-)
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """The near cache needs a real server's CLIENT TRACKING: no fakeredis."""
-    client = make_client(request, request.param)
-    yield Backend(request.param, client)
-    await client.aclose()
 
 
 @pytest.fixture
@@ -378,6 +367,7 @@ async def test_cached_reads_keep_an_idle_session_alive(
 # -- bounds -----------------------------------------------------------------
 
 
+@pytest.mark.one_server  # memory in this process: the second server adds nothing
 async def test_memory_stays_within_its_bound_under_a_million_distinct_tokens(
     server_url: str,
 ) -> None:

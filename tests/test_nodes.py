@@ -22,9 +22,8 @@ from sessionkit.nodes import (
     GetSpecificSessionOfUser,
     RemoveAccessGroupFromUserSession,
 )
-from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.backends("server")]
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 

@@ -41,6 +41,7 @@ BAD_DATA: list[Any] = [
 ]
 
 
+@pytest.mark.backends("server")  # input checks: the backend adds nothing
 @pytest.mark.parametrize("user_id", BAD_USER_IDS)
 async def test_bad_user_ids_are_validation_errors(
     store: SessionStore, backend: Backend, prefix: str, user_id: Any
@@ -63,6 +64,7 @@ async def test_bad_user_ids_are_validation_errors(
     assert await backend.keys(prefix) == []
 
 
+@pytest.mark.backends("server")  # input checks: the backend adds nothing
 @pytest.mark.parametrize("groups", BAD_GROUPS)
 async def test_bad_groups_are_validation_errors_and_change_nothing(
     store: SessionStore, backend: Backend, prefix: str, groups: Any
@@ -80,6 +82,7 @@ async def test_bad_groups_are_validation_errors_and_change_nothing(
     assert got is not None and got.access_groups == ["keep"]
 
 
+@pytest.mark.backends("server")  # input checks: the backend adds nothing
 @pytest.mark.parametrize("data", BAD_DATA)
 async def test_bad_data_is_a_validation_error(
     store: SessionStore, backend: Backend, prefix: str, data: Any
@@ -100,6 +103,7 @@ async def test_bad_user_agent_is_an_error_and_a_long_one_is_cut(store: SessionSt
     assert stored is not None and b"x" * 500 in stored and b"x" * 501 not in stored
 
 
+@pytest.mark.backends("server")  # input checks: the backend adds nothing
 @pytest.mark.parametrize(
     "options",
     [

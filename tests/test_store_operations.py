@@ -17,26 +17,114 @@ IPHONE = (
 )
 
 
-async def test_create_returns_a_full_session_with_its_token(store: SessionStore) -> None:
-    before = datetime.now(UTC)
-    s = await store.create("alice", ["b", "a", "b"], user_agent=FIREFOX, data={"n": 1})
-    assert s.user_id == "alice"
-    assert s.token is not None and len(s.token) >= 43
-    assert s.access_groups == ["a", "b"]
-    assert s.data == {"n": 1}
-    assert abs(s.created_at - before) < timedelta(seconds=5)
-    assert s.created_at.tzinfo is not None
-    assert abs(s.last_active_at - s.created_at) < timedelta(milliseconds=1)
-    assert abs(s.expires_at - s.created_at - timedelta(days=14)) < timedelta(milliseconds=1)
-    assert s.user_agent is not None
-    assert s.user_agent.family == "Firefox" and s.user_agent.major == "120"
-    assert s.user_agent.os.family == "Linux"
-    assert s.user_agent.device.family == "Other" and s.user_agent.device.major == "0"
+class StoreContract:
+    """What every session store here must do: sessionkit's `SessionStore` on
+    every backend (`TestSessionStore` below) and the benchmark's naive
+    yardstick (`tests/test_bench.py`), so that their numbers compare like
+    with like. A subclass named ``Test...`` runs it with its own `store`."""
+
+    async def test_create_returns_a_full_session_with_its_token(self, store: SessionStore) -> None:
+        before = datetime.now(UTC)
+        s = await store.create("alice", ["b", "a", "b"], user_agent=FIREFOX, data={"n": 1})
+        assert s.user_id == "alice"
+        assert s.token is not None and len(s.token) >= 43
+        assert s.access_groups == ["a", "b"]
+        assert s.data == {"n": 1}
+        assert abs(s.created_at - before) < timedelta(seconds=5)
+        assert s.created_at.tzinfo is not None
+        assert abs(s.last_active_at - s.created_at) < timedelta(milliseconds=1)
+        assert abs(s.expires_at - s.created_at - timedelta(days=14)) < timedelta(milliseconds=1)
+        assert s.user_agent is not None
+        assert s.user_agent.family == "Firefox" and s.user_agent.major == "120"
+        assert s.user_agent.os.family == "Linux"
+        assert s.user_agent.device.family == "Other" and s.user_agent.device.major == "0"
+
+    async def test_create_accepts_one_group_as_text(self, store: SessionStore) -> None:
+        s = await store.create("alice", "admin")
+        assert s.access_groups == ["admin"]
+
+    async def test_get_returns_the_session_only_for_its_own_user(self, store: SessionStore) -> None:
+        a = await store.create("alice", ["a"])
+        b = await store.create("bob")
+        assert a.token and b.token
+        got = await store.get("alice", a.token)
+        assert got is not None and got.id == a.id and got.token == a.token
+        assert got.access_groups == ["a"]
+        assert await store.get("alice", b.token) is None
+        assert await store.get("bob", a.token) is None
+
+    async def test_resolve_finds_the_session_from_the_token_alone(
+        self, store: SessionStore
+    ) -> None:
+        s = await store.create("carol", ["x"], data={"k": [1, 2]})
+        assert s.token
+        got = await store.resolve(s.token)
+        assert got is not None
+        assert (got.id, got.user_id, got.access_groups) == (s.id, "carol", ["x"])
+        assert got.data == {"k": [1, 2]}
+
+    async def test_list_returns_live_sessions_oldest_first_without_tokens(
+        self,
+        store: SessionStore,
+    ) -> None:
+        made = [await store.create("dave", [str(i)]) for i in range(5)]
+        await store.create("erin")
+        listed = await store.list("dave")
+        assert [s.id for s in listed] == [s.id for s in made]
+        assert all(s.token is None for s in listed)
+        assert [s.access_groups for s in listed] == [[str(i)] for i in range(5)]
+        assert await store.list("nobody") == []
+
+    async def test_delete_removes_one_session(self, store: SessionStore) -> None:
+        a = await store.create("alice")
+        b = await store.create("alice")
+        assert a.token and b.token
+        assert await store.delete("bob", a.token) is False
+        assert await store.delete("alice", a.token) is True
+        assert await store.delete("alice", a.token) is False
+        assert await store.get("alice", a.token) is None
+        assert [s.id for s in await store.list("alice")] == [b.id]
+
+    async def test_group_changes_touch_every_session_and_count_changes(
+        self, store: SessionStore
+    ) -> None:
+        s1 = await store.create("alice", ["a"])
+        s2 = await store.create("alice", [])
+        other = await store.create("bob", [])
+        assert await store.add_groups("alice", "a") == 1  # s1 had it already
+        assert await store.add_groups("alice", ["a", "b"]) == 2
+        assert await store.add_groups("alice", ("a", "b")) == 0
+        for s in (s1, s2):
+            got = await store.get("alice", s.token or "")
+            assert got is not None and got.access_groups == ["a", "b"]
+        assert await store.remove_groups("alice", ["a", "zzz"]) == 2
+        assert await store.remove_groups("alice", "a") == 0
+        assert [s.access_groups for s in await store.list("alice")] == [["b"], ["b"]]
+        got_other = await store.get("bob", other.token or "")
+        assert got_other is not None and got_other.access_groups == []
+        assert await store.add_groups("nobody", "a") == 0
+        assert await store.remove_groups("nobody", "a") == 0
+        assert await store.add_groups("alice", []) == 0
+
+    async def test_data_round_trips_exactly(self, store: SessionStore) -> None:
+        data = {
+            "big": 2**62,
+            "float": 0.1 + 0.2,
+            "empty_list": [],
+            "empty_map": {},
+            "nested": {"a": [1, "two", None, True]},
+            "text": "naïve ☃ \u0000 {x}",
+        }
+        s = await store.create("alice", data=data)
+        got = await store.get("alice", s.token or "")
+        assert got is not None and got.data == data
+        await store.add_groups("alice", "g")
+        after = await store.list("alice")
+        assert after[0].data == data
 
 
-async def test_create_accepts_one_group_as_text(store: SessionStore) -> None:
-    s = await store.create("alice", "admin")
-    assert s.access_groups == ["admin"]
+class TestSessionStore(StoreContract):
+    """The contract, on sessionkit's store (every backend)."""
 
 
 async def test_json_uses_the_platform_field_names(store: SessionStore) -> None:
@@ -59,17 +147,6 @@ async def test_json_uses_the_platform_field_names(store: SessionStore) -> None:
     assert s.to_dict() == doc
 
 
-async def test_get_returns_the_session_only_for_its_own_user(store: SessionStore) -> None:
-    a = await store.create("alice", ["a"])
-    b = await store.create("bob")
-    assert a.token and b.token
-    got = await store.get("alice", a.token)
-    assert got is not None and got.id == a.id and got.token == a.token
-    assert got.access_groups == ["a"]
-    assert await store.get("alice", b.token) is None
-    assert await store.get("bob", a.token) is None
-
-
 async def test_unknown_and_malformed_tokens_are_not_errors(store: SessionStore) -> None:
     s = await store.create("alice")
     assert s.token
@@ -81,38 +158,6 @@ async def test_unknown_and_malformed_tokens_are_not_errors(store: SessionStore) 
     for not_text in [None, 42, b"bytes"]:
         assert await store.resolve(not_text) is None  # type: ignore[arg-type]
     assert await store.resolve(s.token) is not None
-
-
-async def test_resolve_finds_the_session_from_the_token_alone(store: SessionStore) -> None:
-    s = await store.create("carol", ["x"], data={"k": [1, 2]})
-    assert s.token
-    got = await store.resolve(s.token)
-    assert got is not None
-    assert (got.id, got.user_id, got.access_groups) == (s.id, "carol", ["x"])
-    assert got.data == {"k": [1, 2]}
-
-
-async def test_list_returns_live_sessions_oldest_first_without_tokens(
-    store: SessionStore,
-) -> None:
-    made = [await store.create("dave", [str(i)]) for i in range(5)]
-    await store.create("erin")
-    listed = await store.list("dave")
-    assert [s.id for s in listed] == [s.id for s in made]
-    assert all(s.token is None for s in listed)
-    assert [s.access_groups for s in listed] == [[str(i)] for i in range(5)]
-    assert await store.list("nobody") == []
-
-
-async def test_delete_removes_one_session(store: SessionStore) -> None:
-    a = await store.create("alice")
-    b = await store.create("alice")
-    assert a.token and b.token
-    assert await store.delete("bob", a.token) is False
-    assert await store.delete("alice", a.token) is True
-    assert await store.delete("alice", a.token) is False
-    assert await store.get("alice", a.token) is None
-    assert [s.id for s in await store.list("alice")] == [b.id]
 
 
 async def test_delete_by_id_removes_only_the_users_own_session(store: SessionStore) -> None:
@@ -140,26 +185,6 @@ async def test_delete_all_and_sign_out_everywhere_else(
     assert len(remaining) == 4  # bob's session, index, order and groups only
 
 
-async def test_group_changes_touch_every_session_and_count_changes(store: SessionStore) -> None:
-    s1 = await store.create("alice", ["a"])
-    s2 = await store.create("alice", [])
-    other = await store.create("bob", [])
-    assert await store.add_groups("alice", "a") == 1  # s1 had it already
-    assert await store.add_groups("alice", ["a", "b"]) == 2
-    assert await store.add_groups("alice", ("a", "b")) == 0
-    for s in (s1, s2):
-        got = await store.get("alice", s.token or "")
-        assert got is not None and got.access_groups == ["a", "b"]
-    assert await store.remove_groups("alice", ["a", "zzz"]) == 2
-    assert await store.remove_groups("alice", "a") == 0
-    assert [s.access_groups for s in await store.list("alice")] == [["b"], ["b"]]
-    got_other = await store.get("bob", other.token or "")
-    assert got_other is not None and got_other.access_groups == []
-    assert await store.add_groups("nobody", "a") == 0
-    assert await store.remove_groups("nobody", "a") == 0
-    assert await store.add_groups("alice", []) == 0
-
-
 async def test_group_keys_of_any_text_survive(store: SessionStore) -> None:
     odd = ["a:b", "1:x", "12:", "{g}", "with space", "日本", "0", "::::"]
     s = await store.create("alice", odd)
@@ -179,23 +204,6 @@ async def test_max_sessions_per_user_evicts_the_oldest(make_store: StoreFactory)
     other = make_store(max_sessions_per_user=2)
     await other.create("bob")
     assert len(await other.list("alice")) == 2
-
-
-async def test_data_round_trips_exactly(store: SessionStore) -> None:
-    data = {
-        "big": 2**62,
-        "float": 0.1 + 0.2,
-        "empty_list": [],
-        "empty_map": {},
-        "nested": {"a": [1, "two", None, True]},
-        "text": "naïve ☃ \u0000 {x}",
-    }
-    s = await store.create("alice", data=data)
-    got = await store.get("alice", s.token or "")
-    assert got is not None and got.data == data
-    await store.add_groups("alice", "g")
-    after = await store.list("alice")
-    assert after[0].data == data
 
 
 async def test_lifetime_option_accepts_timedelta(make_store: StoreFactory) -> None:

@@ -32,9 +32,8 @@ from sessionkit.web import (
     sign_out_everywhere,
     sign_out_everywhere_else,
 )
-from tests.real_server import real_server_backend  # noqa: F401 (the fixture)
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.backends("server")]
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 
 
