@@ -53,6 +53,7 @@ def test_sessions_per_user_are_capped_by_default(backend: Backend) -> None:
     assert SessionStore(backend.client).max_sessions_per_user == MAX_SESSIONS_PER_USER == 100
 
 
+@pytest.mark.backends("server")  # an input check: the backend adds nothing
 @pytest.mark.parametrize("bad", [None, 0, -1, MAX_SESSIONS_PER_USER_LIMIT + 1, 1.5, True, "10"])
 def test_a_cap_outside_1_to_10000_is_refused(backend: Backend, bad: object) -> None:
     with pytest.raises(ValidationError) as info:
@@ -139,6 +140,7 @@ async def test_the_257th_group_is_refused_and_nothing_changes(
     assert at_cap == [sorted({*full, "new"} - {"g200"})]
 
 
+@pytest.mark.backends("server")  # an input check: the backend adds nothing
 @pytest.mark.parametrize("call", ["create", "add_groups", "remove_groups"])
 async def test_more_than_256_groups_in_one_call_are_refused(
     store: SessionStore, backend: Backend, prefix: str, call: str
@@ -157,6 +159,7 @@ async def test_more_than_256_groups_in_one_call_are_refused(
     assert await store.add_groups("hal", ["x"] * 300) == 1
 
 
+@pytest.mark.backends("server")  # an input check: the backend adds nothing
 async def test_group_keys_beyond_32_kib_in_one_call_are_refused(store: SessionStore) -> None:
     with pytest.raises(LimitExceeded) as info:
         await store.create("ida", [f"{i:03d}" + "x" * 250 for i in range(200)])
@@ -167,6 +170,7 @@ async def test_group_keys_beyond_32_kib_in_one_call_are_refused(store: SessionSt
     }
 
 
+@pytest.mark.backends("server")  # an input check: the backend adds nothing
 async def test_a_group_key_with_nul_is_refused(store: SessionStore) -> None:
     with pytest.raises(ValidationError, match="NUL"):
         await store.create("ida", ["a\0b"])
@@ -224,6 +228,7 @@ async def test_events_of_a_change_to_10000_sessions_fit_in_64_kib_entries(
         assert sorted(named) == sorted(ids)  # every session once
 
 
+@pytest.mark.backends("server", "cluster")  # thousands of sessions: too slow on fakeredis's Lua
 async def test_a_change_to_many_sessions_is_one_event_per_entry_in_order(
     make_store: StoreFactory, prefix: str
 ) -> None:
