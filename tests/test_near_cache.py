@@ -421,3 +421,18 @@ async def test_the_web_middleware_resolves_through_the_cache_and_sees_a_revocati
         assert (await http.get("/admin", headers=headers)).status_code == 403
         await invalidated_after(store, other.delete("alice", s.token or ""))
         assert (await http.get("/private", headers=headers)).status_code == 401
+
+
+@pytest.mark.backends("cluster")
+async def test_a_topology_change_empties_the_cache_until_it_listens_to_the_new_primaries(
+    cached: Callable[..., SessionStore], make_store: StoreFactory
+) -> None:
+    store, other = cached(), make_store()
+    s = await other.create("alice")
+    await warm(store, s.token or "")
+    await store.transport.reload()  # what MOVED, a failover or a refused node lead to
+    await until(lambda: _stats(store).entries == 0, "the cache to empty")
+    await other.delete("alice", s.token or "")
+    assert await store.resolve(s.token or "") is None
+    s2 = await other.create("alice")
+    await warm(store, s2.token or "")  # and it serves again
