@@ -76,8 +76,8 @@ async def _resolve_loop(store: SessionStore, picks: list[str], duration: float) 
 
 
 async def resolve_cached(url: str, *, quick: bool) -> dict[str, Any]:
-    sessions = 2_000 if quick else 10_000
-    duration = 0.5 if quick else 2.0
+    sessions = 1_000 if quick else 10_000
+    duration = 0.3 if quick else 2.0
     hot_n = sessions // 10
     rng = random.Random(7)
     prefix = f"bnear{uuid.uuid4().hex[:6]}"
@@ -117,7 +117,7 @@ async def resolve_cached(url: str, *, quick: bool) -> dict[str, Any]:
 
 async def revocation(url: str, *, quick: bool) -> dict[str, Any]:
     """p50/p99 from a change's return here to its sight in another process."""
-    n = 40 if quick else 200
+    n = 20 if quick else 200
     prefix = f"brev{uuid.uuid4().hex[:6]}"
     store = SessionStore.from_url(url, prefix=prefix)
     load_stop = asyncio.Event()

@@ -33,8 +33,14 @@ pytestmark = [
 
 async def test_a_master_killed_under_load_fails_over_and_the_store_keeps_working() -> None:
     async with EmbeddedCluster(masters=3, replicas=1) as cluster:
+        # The embedded cluster with replicas forms: one replica per master.
+        assert len(cluster.nodes) == 6
         store = SessionStore.from_url(cluster.url, socket_timeout=1.0)
         try:
+            await store.transport.ready()
+            client = store.client
+            assert isinstance(client, RedisCluster)
+            assert len(client.get_primaries()) == 3 and len(client.get_replicas()) == 3
             users = [f"user{i}" for i in range(60)]
             before: list[Session] = [await store.create(u, ["g"]) for u in users]
             reader = EventConsumer(store, group="g", consumer="c", block=0.05, start="all")

@@ -64,18 +64,6 @@ async def test_cluster_has_three_masters_and_serves_the_store(cluster_url: str) 
         assert {len(await store.list(u)) for u in users} == {1}
 
 
-async def test_cluster_with_replicas_forms() -> None:
-    async with EmbeddedCluster(masters=3, replicas=1) as cluster:
-        assert len(cluster.nodes) == 6
-        client = RedisCluster.from_url(cluster.url.replace("redis+cluster://", "redis://"))
-        try:
-            await client.initialize()
-            assert len(client.get_primaries()) == 3
-            assert len(client.get_replicas()) == 3
-        finally:
-            await client.aclose()
-
-
 def test_a_cluster_needs_three_masters() -> None:
     with pytest.raises(ServerError, match="3 masters"):
         EmbeddedCluster(masters=2)
