@@ -184,6 +184,15 @@ def store(make_store: StoreFactory) -> SessionStore:
 Op = Callable[[], Awaitable[Any]]
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What exists once the tests are collected (modules, hypothesis, the
+    parsers' tables) lives for the whole run: freeze it, so that the
+    collection after each test below scans only what tests made (about
+    70 ms a test otherwise)."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _collect_garbage_in_the_test_that_made_it() -> Iterator[None]:
     """Objects a test leaks are collected (and warned about) in that test."""
