@@ -436,7 +436,12 @@ class Transport:
         """Run `script` (one EVALSHA, EVAL if the server lost it): its reply,
         or our typed error after the retries this fault allows."""
         payload = pack_script(script, keys, args)
-        return await self._retrying(script.name, keys[0] if keys else None, payload, script)
+        return await self._retrying(
+            script.name,
+            keys[0] if keys else None,
+            payload,
+            lambda: pack_eval(script, keys, args),
+        )
 
     async def command(self, operation: str, key: str | None, *parts: str | bytes | int) -> Any:
         """One plain command (safe to repeat), routed by `key` on a cluster."""
@@ -581,12 +586,13 @@ class Transport:
         operation: str,
         key: str | None,
         payload: bytes,
-        script: Script | None,
+        source: Callable[[], bytes] | None,
         *,
         refusals: bool = False,
     ) -> Any:
         """Send one call until it gets a reply or the retry policy gives up;
-        with `refusals`, the server's refusal is returned, not raised."""
+        with `refusals`, the server's refusal is returned, not raised. An
+        EVALSHA the server does not know goes again as `source()` (its EVAL)."""
         attempts = _Attempts(self, follow_ask=True)
         ask: tuple[str, int] | None = None
         while True:
@@ -601,9 +607,9 @@ class Transport:
                 return reply
             if classify(reply) is None:
                 raise reply
-            if isinstance(reply, rx.NoScriptError) and script is not None:
-                payload = pack("EVAL", script.source, *_arguments(payload))
-                script = None  # EVAL caches it; a second NOSCRIPT is a refusal
+            if isinstance(reply, rx.NoScriptError) and source is not None:
+                payload = source()
+                source = None  # EVAL caches it; a second NOSCRIPT is a refusal
                 continue
             if refusals and classify(reply) is Fault.REFUSED:
                 return reply
@@ -716,8 +722,3 @@ def _decode(payload: bytes) -> list[bytes]:
         parts.append(payload[start : start + size])
         pos = start + size + 2
     return parts
-
-
-def _arguments(payload: bytes) -> list[bytes]:
-    """What follows ``EVALSHA <sha>`` in a packed call."""
-    return _decode(payload)[2:]
