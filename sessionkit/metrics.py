@@ -11,6 +11,9 @@ Metrics (``sessionkit`` namespace by default):
 * ``sessionkit_sessions_created_total``
 * ``sessionkit_sessions_deleted_total{reason}``: ``deleted`` (one by one),
   ``all_deleted`` (sign out everywhere), ``evicted`` (max sessions per user)
+* ``sessionkit_near_cache_lookups_total{result}``: ``hit`` or ``miss``, of
+  stores with a near cache (while its channel is down, reads do not look)
+* ``sessionkit_near_cache_invalidations_total``: the server's announcements
 """
 
 from __future__ import annotations
@@ -78,6 +81,22 @@ class PrometheusMetrics:
             registry=registry,
         )
 
+        self.near_lookups = Counter(
+            "near_cache_lookups",
+            "Near cache lookups, by result: hit, miss.",
+            ["result"],
+            namespace=namespace,
+            registry=registry,
+        )
+        self._near_hit = self.near_lookups.labels("hit")
+        self._near_miss = self.near_lookups.labels("miss")
+        self.near_invalidations = Counter(
+            "near_cache_invalidations",
+            "Announcements of changed keys the near cache received.",
+            namespace=namespace,
+            registry=registry,
+        )
+
     @classmethod
     def default(cls) -> PrometheusMetrics:
         """The metrics in prometheus-client's global registry (made once)."""
@@ -99,6 +118,12 @@ class PrometheusMetrics:
     def sessions_deleted(self, reason: str, n: int) -> None:
         if n > 0:
             self.deleted.labels(reason).inc(n)
+
+    def near_cache_lookup(self, hit: bool) -> None:
+        (self._near_hit if hit else self._near_miss).inc()
+
+    def near_cache_invalidated(self) -> None:
+        self.near_invalidations.inc()
 
 
 __all__ = ["LATENCY_BUCKETS", "PrometheusMetrics"]

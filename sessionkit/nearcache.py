@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
@@ -32,6 +32,9 @@ from sessionkit._model import DIGEST, Session
 from sessionkit._tracking import Tracking
 from sessionkit._transport import Transport
 from sessionkit.errors import ValidationError
+
+if TYPE_CHECKING:
+    from sessionkit.metrics import PrometheusMetrics
 
 log = logging.getLogger("sessionkit.nearcache")
 
@@ -131,6 +134,7 @@ class Near:
         prefix: str,
         touch_every_ms: int,
         touch: Callable[[str], Coroutine[Any, Any, object]],
+        metrics: PrometheusMetrics | None = None,
     ) -> None:
         self.options = options
         self.prefix = prefix
@@ -145,6 +149,7 @@ class Near:
         self._up = False
         self._touches: set[asyncio.Task[object]] = set()
         self.hits = self.misses = self.invalidations = 0
+        self._metrics = metrics
         self.tracking = Tracking(transport, prefix, self.invalidate, self._state)
         transport.watch_topology(self.tracking.resync)
 
@@ -158,17 +163,24 @@ class Near:
             return None
         entry = self._entries.get(token) if type(token) is str else None
         if entry is None or (user_id is not None and entry.session.user_id != user_id):
-            self.misses += 1
+            self._missed()
             return None
         if time.monotonic() >= entry.fresh_until:
             self._drop(token)  # type: ignore[arg-type]
-            self.misses += 1
+            self._missed()
             return None
         self._entries.move_to_end(token)  # type: ignore[arg-type]
         self.hits += 1
+        if self._metrics is not None:
+            self._metrics.near_cache_lookup(True)
         if not entry.touching and time.time() >= entry.touch_at:
             self._send_touch(token, entry)  # type: ignore[arg-type]
         return _copy(entry)
+
+    def _missed(self) -> None:
+        self.misses += 1
+        if self._metrics is not None:
+            self._metrics.near_cache_lookup(False)
 
     def ticket(self) -> Ticket | None:
         """Before a read goes to the server; None: its answer cannot be kept."""
@@ -228,6 +240,8 @@ class Near:
     def invalidate(self, changed: list[bytes] | None) -> None:
         """Keys that changed (None: every key, e.g. FLUSHALL)."""
         self.invalidations += 1
+        if self._metrics is not None:
+            self._metrics.near_cache_invalidated()
         if changed is None:
             self._seq += 1
             self._log.append((self._seq, None))

@@ -198,7 +198,12 @@ class SessionStore:
             None
             if near is None
             else Near(
-                near, self.transport, self.prefix, slide_ms or self.touch_interval_ms, self._touch
+                near,
+                self.transport,
+                self.prefix,
+                slide_ms or self.touch_interval_ms,
+                self._touch,
+                self.metrics,
             )
         )
 

@@ -14,6 +14,7 @@ import fakeredis
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from redis.asyncio.cluster import RedisCluster
 
 from sessionkit import NearCache, NearCacheStats, SessionStore, ValidationError
@@ -21,6 +22,7 @@ from sessionkit import _keys as keys
 from sessionkit._model import decode_session
 from sessionkit._scripts import get_call
 from sessionkit._tracking import CLIENT_NAME
+from sessionkit.metrics import PrometheusMetrics
 from tests.conftest import Backend, StoreFactory
 from tests.test_web import client_for, starlette_app
 
@@ -426,3 +428,24 @@ async def test_a_topology_change_empties_the_cache_until_it_listens_to_the_new_p
     assert await store.resolve(s.token or "") is None
     s2 = await other.create("alice")
     await warm(store, s2.token or "")  # and it serves again
+
+
+async def test_metrics_count_hits_misses_and_invalidations(
+    cached: Callable[..., SessionStore], make_store: StoreFactory
+) -> None:
+    registry = CollectorRegistry()
+    store, other = cached(metrics=PrometheusMetrics(registry)), make_store()
+    s = await other.create("alice")
+    await warm(store, s.token or "")
+    for _ in range(3):
+        await store.resolve(s.token or "")
+    await invalidated_after(store, other.add_groups("alice", "x"))
+
+    def value(name: str, **labels: str) -> float:
+        got = registry.get_sample_value(f"sessionkit_{name}_total", labels)
+        return got or 0.0
+
+    stats = _stats(store)
+    assert value("near_cache_lookups", result="hit") == stats.hits >= 4
+    assert value("near_cache_lookups", result="miss") == stats.misses >= 1
+    assert value("near_cache_invalidations") == stats.invalidations >= 1
