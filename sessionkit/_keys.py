@@ -66,8 +66,13 @@ def new_token(bucket: int) -> str:
     return _b64(bucket.to_bytes(2, "big") + secrets.token_bytes(TOKEN_RANDOM_BYTES))
 
 
-def _bucket_of(value: str) -> int | None:
-    """The bucket named by the first two bytes of a token or session id."""
+def _bucket_of(value: object, chars: int) -> int | None:
+    """The bucket named by the first two bytes of a token or session id
+    (`chars` long, base64url), or None if `value` is not one."""
+    if not isinstance(value, str) or len(value) != chars:
+        return None
+    if not _TOKEN_ALPHABET.issuperset(value):
+        return None
     try:
         head = base64.urlsafe_b64decode(value[:4])
     except (binascii.Error, ValueError):
@@ -78,11 +83,7 @@ def _bucket_of(value: str) -> int | None:
 
 def token_bucket(token: object) -> int | None:
     """The bucket a token names, or None if it is not a well-formed token."""
-    if not isinstance(token, str) or len(token) != TOKEN_CHARS:
-        return None
-    if not _TOKEN_ALPHABET.issuperset(token):
-        return None
-    return _bucket_of(token)
+    return _bucket_of(token, TOKEN_CHARS)
 
 
 def session_id(token: str) -> str:
@@ -95,11 +96,7 @@ def session_id(token: str) -> str:
 
 def session_id_bucket(value: object) -> int | None:
     """The bucket a session id names, or None if it is not a well-formed id."""
-    if not isinstance(value, str) or len(value) != SESSION_ID_CHARS:
-        return None
-    if not _TOKEN_ALPHABET.issuperset(value):
-        return None
-    return _bucket_of(value)
+    return _bucket_of(value, SESSION_ID_CHARS)
 
 
 def user_prefix(prefix: str, bucket: int) -> str:
