@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 
-from sessionkit._keys import SESSION_ID_CHARS
 from sessionkit.errors import BackendError
 from sessionkit.useragent import UserAgent, parse_user_agent
 
@@ -130,20 +129,23 @@ def decode_session(
     )
 
 
-def unpack_listing(reply: list[bytes | str]) -> Iterator[tuple[str, bytes, bytes]]:
+def unpack_listing(reply: list[Any]) -> Iterator[tuple[str, bytes, bytes]]:
     """(session id, value, groups entry) of each session in the list
-    script's reply: per batch, the values joined by NUL, then each session's
-    id, a NUL and its groups entry, joined by NUL. An entry is a NUL and
-    then, while the next byte is not a NUL, one group and its closing NUL."""
-    parts = [p.encode("utf-8") if isinstance(p, str) else p for p in reply]
-    for b in range(0, len(parts), 2):
-        values, rest = parts[b].split(b"\0"), parts[b + 1]
-        i = 0
-        for value in values:
-            sid = rest[i : i + SESSION_ID_CHARS].decode("ascii")
-            start = i + SESSION_ID_CHARS + 1  # the entry's leading NUL
-            j = start + 1
-            while j < len(rest) and rest[j] != 0:
-                j = rest.index(b"\0", j) + 1
-            yield sid, value, rest[start:j]
-            i = j + 1  # past the NUL between two sessions
+    script's reply: the user's groups hash as (id, entry) pairs, then the
+    sessions' values in the same order, in batches. A session whose key is
+    gone (None) or whose value is of another layout is left out."""
+    pairs = reply[0]
+    values = [v for batch in reply[1:] for v in batch]
+    for n, value in enumerate(values):
+        if not value:
+            continue
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if value[0] != LAYOUT:
+            continue
+        sid, entry = pairs[2 * n], pairs[2 * n + 1]
+        yield (
+            sid.decode("ascii") if isinstance(sid, bytes) else sid,
+            value,
+            entry.encode("utf-8") if isinstance(entry, str) else entry,
+        )

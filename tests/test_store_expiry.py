@@ -93,3 +93,17 @@ async def test_last_active_is_touched_at_most_once_per_interval(make_store: Stor
     assert later is not None and later.last_active_at > s.last_active_at
     listed = await store.list("alice")
     assert listed[0].last_active_at == later.last_active_at
+
+
+async def test_a_session_deleted_behind_its_back_leaves_the_index_on_the_next_list(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    store = make_store(lifetime=60)
+    gone, kept = await store.create("alice", ["g"]), await store.create("alice", ["g"])
+    digest, bucket = keys.user_digest("alice")
+    await backend.client.delete(keys.session_key(prefix, bucket, gone.id))
+    assert [s.id for s in await store.list("alice")] == [kept.id]
+    for key in (keys.index_key(prefix, bucket, digest), keys.order_key(prefix, bucket, digest)):
+        assert await backend.client.zrange(key, 0, -1) == [kept.id.encode()]
+    assert await backend.client.hkeys(keys.groups_key(prefix, bucket, digest)) == [kept.id.encode()]
+    assert await store.add_groups("alice", "h") == 1
