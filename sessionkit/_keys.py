@@ -34,8 +34,8 @@ its user.
 
 from __future__ import annotations
 
-import base64
 import binascii
+import functools
 import hashlib
 import secrets
 from typing import Final
@@ -46,13 +46,18 @@ TOKEN_RANDOM_BYTES: Final = 32
 TOKEN_CHARS: Final = 46  # base64url of 2 + 32 bytes, unpadded
 DIGEST_CHARS: Final = 22  # base64url of 16 bytes, unpadded
 SESSION_ID_CHARS: Final = 24  # base64url of the 2-byte bucket + a 16-byte token digest
-_TOKEN_ALPHABET: Final = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-)
+_B64URL: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TOKEN_ALPHABET: Final = frozenset(_B64URL)
+#: Each base64url character's six bits (the first three characters of a
+#: token or session id hold its bucket's 16 bits).
+_SEXTET: Final = {c: i for i, c in enumerate(_B64URL)}
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 
 
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    """Unpadded base64url (what `base64.urlsafe_b64encode` gives, without
+    its layers of checks: this is on every call's path)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode()
 
 
 def user_digest(user_id: str) -> tuple[str, int]:
@@ -73,12 +78,13 @@ def _bucket_of(value: object, chars: int) -> int | None:
         return None
     if not _TOKEN_ALPHABET.issuperset(value):
         return None
-    try:
-        head = base64.urlsafe_b64decode(value[:4])
-    except (binascii.Error, ValueError):
-        return None
-    bucket = int.from_bytes(head[:2], "big")
+    bucket = _head(value)
     return bucket if bucket < BUCKETS else None
+
+
+def _head(value: str) -> int:
+    """The first two bytes a base64url string encodes, as a number."""
+    return (_SEXTET[value[0]] << 10) | (_SEXTET[value[1]] << 4) | (_SEXTET[value[2]] >> 2)
 
 
 def token_bucket(token: object) -> int | None:
@@ -91,7 +97,7 @@ def session_id(token: str) -> str:
     token's bucket and a digest of the token. It finds the session (in the
     user's hash slot) but cannot be turned back into a token."""
     digest = hashlib.sha256(b"sessionkit-token\0" + token.encode("ascii")).digest()[:16]
-    return _b64(base64.urlsafe_b64decode(token[:4])[:2] + digest)
+    return _b64(_head(token).to_bytes(2, "big") + digest)
 
 
 def session_id_bucket(value: object) -> int | None:
@@ -99,6 +105,7 @@ def session_id_bucket(value: object) -> int | None:
     return _bucket_of(value, SESSION_ID_CHARS)
 
 
+@functools.lru_cache(maxsize=4096)
 def user_prefix(prefix: str, bucket: int) -> str:
     """``<prefix>:{<tag>}:``, the start of every key of the users in `bucket`."""
     return f"{prefix}:{{{bucket:04x}}}:"

@@ -87,12 +87,7 @@ LAYOUT = 1
 CREATED_AT, EXPIRES_AT, LAST_ACTIVE_AT, DIGEST, BODY = 1, 17, 30, 43, 65
 
 
-def _time(raw: bytes, start: int, digits: int = 13) -> datetime:
-    # Exact: a double holds these values to well under a microsecond.
-    return datetime.fromtimestamp(int(raw[start : start + digits]) / _SCALE[digits], UTC)
-
-
-_SCALE = {13: 1e3, 16: 1e6}
+_at = datetime.fromtimestamp
 
 
 def decode_session(
@@ -109,8 +104,10 @@ def decode_session(
             f"a stored session of layout {raw[0]}; this sessionkit reads layout {LAYOUT}",
             details={"layout": raw[0]},
         )
-    created = _time(raw, CREATED_AT, 16)
-    expires, last = _time(raw, EXPIRES_AT), _time(raw, LAST_ACTIVE_AT)
+    # Exact: a double holds these values to well under a microsecond.
+    created = _at(int(raw[CREATED_AT:EXPIRES_AT]) / 1e6, UTC)
+    expires = _at(int(raw[EXPIRES_AT:LAST_ACTIVE_AT]) / 1e3, UTC)
+    last = _at(int(raw[LAST_ACTIVE_AT:DIGEST]) / 1e3, UTC)
     if idle_timeout_ms:
         expires = min(expires, last + timedelta(milliseconds=idle_timeout_ms))
     body = _body_decoder.decode(raw[BODY:])

@@ -65,6 +65,11 @@ TOPOLOGY_PAUSE: Final = 0.05
 # -- packing --------------------------------------------------------------
 
 
+#: Integers packed before: the ones sent are a store's settings, the same
+#: on every call (bounded, in case a caller sends many others).
+_INT_BULKS: Final[dict[int, bytes]] = {}
+
+
 def _bulks(out: list[bytes], parts: Sequence[Any]) -> None:
     """Append each part as a RESP bulk string (str, bytes, int; a bool or a
     float is a programming error)."""
@@ -73,13 +78,19 @@ def _bulks(out: list[bytes], parts: Sequence[Any]) -> None:
         kind = type(value)
         if kind is str:
             b = value.encode()
+            append(b"$%d\r\n%b\r\n" % (len(b), b))
         elif kind is bytes:
-            b = value
+            append(b"$%d\r\n%b\r\n" % (len(value), value))
         elif kind is int:
-            b = b"%d" % value
+            packed = _INT_BULKS.get(value)
+            if packed is None:
+                b = b"%d" % value
+                packed = b"$%d\r\n%b\r\n" % (len(b), b)
+                if len(_INT_BULKS) < 1024:
+                    _INT_BULKS[value] = packed
+            append(packed)
         else:
             raise TypeError(f"cannot send {kind.__name__} to the server")
-        append(b"$%d\r\n%b\r\n" % (len(b), b))
 
 
 def pack(*parts: str | bytes | int) -> bytes:
@@ -207,10 +218,18 @@ class _Lane:
 
 
 class _Connections:
-    """Where a lane gets a connection and gives it back."""
+    """Where a lane gets a connection and gives it back: `take` and `keep`
+    without waiting when they can (the common case, no coroutine), `get`
+    and `put` when they cannot."""
+
+    def take(self) -> Any | None:
+        return None
 
     async def get(self) -> Any:
         raise NotImplementedError
+
+    def keep(self, conn: Any) -> bool:
+        return False
 
     async def put(self, conn: Any) -> None:
         raise NotImplementedError
@@ -226,6 +245,13 @@ class _PoolConnections(_Connections):
         self.pool = pool
         self.spare: Any = None
 
+    def take(self) -> Any | None:
+        conn = self.spare
+        if conn is not None and conn.is_connected:
+            self.spare = None
+            return conn
+        return None
+
     async def get(self) -> Any:
         conn, self.spare = self.spare, None
         if conn is not None and conn.is_connected:
@@ -234,10 +260,14 @@ class _PoolConnections(_Connections):
             await _redispy.release(self.pool, conn)
         return await _redispy.acquire(self.pool)
 
-    async def put(self, conn: Any) -> None:
+    def keep(self, conn: Any) -> bool:
         if self.spare is None and conn.is_connected:
             self.spare = conn
-        else:
+            return True
+        return False
+
+    async def put(self, conn: Any) -> None:
+        if not self.keep(conn):
             await _redispy.release(self.pool, conn)
 
     async def drop(self) -> None:
@@ -252,6 +282,12 @@ class _NodeConnections(_Connections):
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
 
+    def take(self) -> Any | None:
+        try:
+            return _redispy.node_acquire(self.node)
+        except rx.MaxConnectionsError:
+            return None
+
     async def get(self) -> Any:
         for _ in range(100):
             try:
@@ -260,8 +296,64 @@ class _NodeConnections(_Connections):
                 await asyncio.sleep(0.01)  # all in use: one comes back soon
         return _redispy.node_acquire(self.node)
 
-    async def put(self, conn: Any) -> None:
+    def keep(self, conn: Any) -> bool:
         _redispy.node_release(self.node, conn)
+        return True
+
+    async def put(self, conn: Any) -> None:
+        self.keep(conn)
+
+
+class _Deadline:
+    """The time limit of one exchange: each reply gets about `limit`
+    seconds. One timer for the whole exchange, pushed back lazily (an
+    arriving reply only notes the time; the timer, when it fires early,
+    sets itself again), which costs a fraction of `asyncio.timeout` and a
+    rescheduled timer per read. When it runs out it cancels the task, and
+    `expired` turns that cancellation into the timeout it was."""
+
+    __slots__ = ("_cancelling", "_fired", "_handle", "_last", "_limit", "_loop", "_task")
+
+    def __init__(self, limit: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._limit = limit
+        self._last = self._loop.time()
+        self._fired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last + limit, self._check
+        )
+
+    def progress(self) -> None:
+        """A reply (or part of one) arrived."""
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        due = self._last + self._limit
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+        else:
+            self._handle = None
+            self._fired = True
+            self._task.cancel()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def expired(self, exc: asyncio.CancelledError) -> BaseException:
+        """What a cancellation during the exchange was: our timeout (as
+        `TimeoutError`) if this deadline fired and nobody else cancelled the
+        task meanwhile, else the cancellation itself."""
+        if self._fired and self._task.uncancel() <= self._cancelling:
+            timeout = builtins.TimeoutError()
+            timeout.__cause__ = exc
+            return timeout
+        return exc
 
 
 async def _exchange(source: _Connections, calls: Sequence[_Call]) -> list[Any]:
@@ -271,47 +363,48 @@ async def _exchange(source: _Connections, calls: Sequence[_Call]) -> list[Any]:
     are the failure (a `rx.ConnectionError` or `rx.TimeoutError`); the
     connection is then closed, since its stream is out of step."""
     replies: list[Any] = []
-    conn = await source.get()
+    conn = source.take()
+    if conn is None:
+        conn = await source.get()
+    limit = _redispy.socket_timeout(conn)
+    deadline = None if limit is None else _Deadline(limit)
     try:
-        limit = _redispy.socket_timeout(conn)
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(None) as deadline:
-            # One timer for the batch, pushed back now and then as replies
-            # arrive: each reply gets about `socket_timeout`.
-            if limit is not None:
-                deadline.reschedule(loop.time() + limit)
-            await _redispy.write(
-                conn, calls[0].payload if len(calls) == 1 else b"".join(c.payload for c in calls)
-            )
-            parser = _redispy.hiredis_parser(conn)
-            if parser is None:  # another parser: reply by reply
-                for _ in calls:
-                    try:
-                        replies.append(await conn.read_response(timeout=math.inf))
-                    except rx.ResponseError as exc:
-                        replies.append(exc)
-                    if limit is not None:
-                        deadline.reschedule(loop.time() + limit)
-            else:
-                want = len(calls)
-                push = _redispy.PUSH
-                while True:
+        await _redispy.write(
+            conn, calls[0].payload if len(calls) == 1 else b"".join(c.payload for c in calls)
+        )
+        parser = _redispy.hiredis_parser(conn)
+        if parser is None:  # another parser: reply by reply
+            for _ in calls:
+                try:
+                    replies.append(await conn.read_response(timeout=math.inf))
+                except rx.ResponseError as exc:
+                    replies.append(exc)
+                if deadline is not None:
+                    deadline.progress()
+        else:
+            want = len(calls)
+            push = _redispy.PUSH
+            while True:
+                reply = _redispy.next_reply(parser)
+                while reply is not _redispy.INCOMPLETE:
+                    if reply.__class__ is not push:  # a notice, not a reply
+                        replies.append(reply)
+                        if len(replies) == want:
+                            return replies
                     reply = _redispy.next_reply(parser)
-                    while reply is not _redispy.INCOMPLETE:
-                        if reply.__class__ is not push:  # a notice, not a reply
-                            replies.append(reply)
-                            if len(replies) == want:
-                                return replies
-                        reply = _redispy.next_reply(parser)
-                    await _redispy.receive(parser)
-                    if limit is not None:
-                        deadline.reschedule(loop.time() + limit)
+                await _redispy.receive(parser)
+                if deadline is not None:
+                    deadline.progress()
         return replies
     except BaseException as exc:
+        if deadline is not None:
+            deadline.cancel()
+            if isinstance(exc, asyncio.CancelledError):
+                exc = deadline.expired(exc)
         with contextlib.suppress(Exception):
             await conn.disconnect()
         if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-            raise
+            raise exc
         failure: BaseException
         if isinstance(exc, builtins.TimeoutError):
             failure = rx.TimeoutError("timed out reading replies from the session server")
@@ -322,7 +415,10 @@ async def _exchange(source: _Connections, calls: Sequence[_Call]) -> list[Any]:
         failure.__cause__ = exc
         return replies + [failure] * (len(calls) - len(replies))
     finally:
-        await source.put(conn)
+        if deadline is not None:
+            deadline.cancel()
+        if not source.keep(conn):
+            await source.put(conn)
 
 
 async def _exchange_all(source: _Connections, payloads: Sequence[tuple[str, bytes]]) -> list[Any]:
@@ -413,6 +509,9 @@ def _fail(calls: Sequence[_Call], failure: BaseException) -> None:
 
 # -- the transport --------------------------------------------------------
 
+#: A call not sent yet (`Transport._retrying`'s first try).
+_UNSENT: Final[Any] = object()
+
 
 class Transport:
     """Every Redis call of one store (and of its event consumers)."""
@@ -436,11 +535,23 @@ class Transport:
         """Run `script` (one EVALSHA, EVAL if the server lost it): its reply,
         or our typed error after the retries this fault allows."""
         payload = pack_script(script, keys, args)
+        if self._single is not None:  # the common case first: one try, no frames more
+            try:
+                reply = await _send_on(*self._single, payload, batching=self._batching)
+            except Exception as exc:
+                if classify(exc) is None:
+                    raise
+                reply = exc
+            if not isinstance(reply, BaseException):
+                return reply
+        else:
+            reply = _UNSENT
         return await self._retrying(
             script.name,
             keys[0] if keys else None,
             payload,
             lambda: pack_eval(script, keys, args),
+            first=reply,
         )
 
     async def command(self, operation: str, key: str | None, *parts: str | bytes | int) -> Any:
@@ -589,19 +700,23 @@ class Transport:
         source: Callable[[], bytes] | None,
         *,
         refusals: bool = False,
+        first: Any = _UNSENT,
     ) -> Any:
         """Send one call until it gets a reply or the retry policy gives up;
         with `refusals`, the server's refusal is returned, not raised. An
-        EVALSHA the server does not know goes again as `source()` (its EVAL)."""
-        attempts = _Attempts(self, follow_ask=True)
+        EVALSHA the server does not know goes again as `source()` (its EVAL).
+        `first` is what a first try already got, if it was made."""
+        attempts: _Attempts | None = None
         ask: tuple[str, int] | None = None
+        reply = first
         while True:
-            try:
-                reply = await self._send(key, payload, ask)
-            except Exception as exc:  # no connection to be had: as a broken one
-                if classify(exc) is None:
-                    raise
-                reply = exc
+            if reply is _UNSENT:
+                try:
+                    reply = await self._send(key, payload, ask)
+                except Exception as exc:  # no connection to be had: as a broken one
+                    if classify(exc) is None:
+                        raise
+                    reply = exc
             ask = None
             if not isinstance(reply, BaseException):
                 return reply
@@ -610,13 +725,17 @@ class Transport:
             if isinstance(reply, rx.NoScriptError) and source is not None:
                 payload = source()
                 source = None  # EVAL caches it; a second NOSCRIPT is a refusal
+                reply = _UNSENT
                 continue
             if refusals and classify(reply) is Fault.REFUSED:
                 return reply
+            if attempts is None:
+                attempts = _Attempts(self, follow_ask=True)
             if not await attempts.again(reply):
                 raise error(reply, operation) from reply
             if isinstance(reply, rx.AskError) and not isinstance(reply, rx.MovedError):
                 ask = (reply.host, reply.port)
+            reply = _UNSENT
 
     async def follow(self, moved: rx.MovedError) -> None:
         """Record a MOVED answer in the client's slot table."""

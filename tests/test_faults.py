@@ -115,6 +115,40 @@ async def test_a_paused_server_fails_fast_and_the_store_recovers(
         await admin.aclose()
 
 
+async def test_a_timeout_is_the_store_s_and_a_caller_s_own_deadline_stays_the_caller_s(
+    own_server: EmbeddedServer,
+) -> None:
+    store = SessionStore.from_url(own_server.url, socket_timeout=0.3)
+    admin: Any = aioredis.Redis.from_url(own_server.url)
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+        s = await store.create("alice", "g")
+        await admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        with pytest.raises(BackendTimeout):
+            await store.resolve(s.token or "")
+        # The store's deadline cancelled this task to stop the read; none of
+        # that cancellation is left behind for the caller's next await.
+        assert task.cancelling() == 0
+        await asyncio.sleep(0.01)
+        # A caller's own, shorter deadline is the caller's: asyncio's plain
+        # TimeoutError, not the store's, and the call is cancelled as asked.
+        slow = SessionStore.from_url(own_server.url, socket_timeout=5.0)
+        try:
+            with pytest.raises(TimeoutError) as info:
+                async with asyncio.timeout(0.2):
+                    await slow.resolve(s.token or "")
+            assert not isinstance(info.value, BackendTimeout)
+        finally:
+            await slow.aclose()
+        await asyncio.sleep(1.2)
+        got = await store.resolve(s.token or "")
+        assert got is not None and got.access_groups == ["g"]
+    finally:
+        await store.aclose()
+        await admin.aclose()
+
+
 @pytest.mark.parametrize("fsync", ["always", "everysec"])
 async def test_sessions_survive_kill_9_with_aof(fsync: str) -> None:
     server = EmbeddedServer(args=("--appendonly", "yes", "--appendfsync", fsync))
