@@ -10,7 +10,10 @@ The store's scripts and the event consumer's commands all go through one
   under load, until fewer than `MAX_IN_FLIGHT` exchanges are out on the
   lane, so batches grow with the load), writes them all in one buffer on
   one pooled connection, and reads every reply out of hiredis in bulk. No
-  task and no coroutine per reply.
+  task and no coroutine per reply. When a slot is free and the queue holds
+  half the lane's calls (at least `FLUSH_AT`), the caller that filled it
+  sends it at once: the server then works on one batch while this process
+  handles the replies of the other, instead of the two taking turns.
 * **Errors.** One table, `classify`, says what each redis-py exception means
   (a broken connection, a slot move, a timeout, a refusal, a lost script)
   and `error` turns it into ours.
@@ -51,6 +54,12 @@ MAX_BATCH: Final = 512
 #: Exchanges in flight at once on one lane (server or cluster node): one
 #: being read while the next is written.
 MAX_IN_FLIGHT: Final = 2
+
+#: The fewest queued calls that go out before the end of the loop tick
+#: (when fewer than `MAX_IN_FLIGHT` exchanges are out): half the lane's
+#: calls, but never batches smaller than this, whose write would cost more
+#: than the wait.
+FLUSH_AT: Final = 8
 
 #: How many times a call follows MOVED / ASK before it gives up.
 MAX_REDIRECTS: Final = 16
@@ -202,10 +211,12 @@ class _Lane:
     """One server, or one cluster node: its queue of overlapping calls, the
     count of exchanges in flight on it, and the leader waiting to send."""
 
-    __slots__ = ("busy", "queue", "waiters")
+    __slots__ = ("busy", "calls", "queue", "waiters")
 
     def __init__(self) -> None:
         self.busy = 0
+        #: Calls queued or in a batch in flight (the lane's concurrency).
+        self.calls = 0
         self.queue: list[_Call] = []
         self.waiters: list[asyncio.Future[None]] = []
 
@@ -452,32 +463,54 @@ async def _send_on(
             lane.busy -= 1
             lane.wake()
     call = _Call(payload, asyncio.get_running_loop().create_future())
-    lane.queue.append(call)
-    if len(lane.queue) == 1:
-        await _lead(lane, source)
-    assert call.future is not None
-    return await call.future
+    queue = lane.queue
+    queue.append(call)
+    lane.calls += 1
+    try:
+        if len(queue) == 1:
+            await _lead(lane, source)
+        elif len(queue) >= max(FLUSH_AT, lane.calls >> 1) and lane.busy < MAX_IN_FLIGHT:
+            # Half the calls out on the lane and a free slot: out now, on
+            # this task, while the rest of this tick's callers are still
+            # coming, so the server works while this process does.
+            lane.queue = []
+            await _send_batch(lane, source, queue)
+        assert call.future is not None
+        return await call.future
+    finally:
+        lane.calls -= 1
 
 
 async def _lead(lane: _Lane, source: _Connections) -> None:
-    """Send the lane's queue once fewer than `MAX_IN_FLIGHT` exchanges are
-    out on the lane: the calls that came meanwhile (this tick's at least) go
-    as one batch. Bounding what is in flight makes the batches as large as
-    the load: a write (a system call that wakes the server) is the dearest
-    step of a call."""
-    await asyncio.sleep(0)  # the other calls of this tick join the batch
+    """Send the queue this task started once fewer than `MAX_IN_FLIGHT`
+    exchanges are out on the lane: the calls that came meanwhile (this
+    tick's at least) go as one batch. Bounding what is in flight makes the
+    batches as large as the load: a write (a system call that wakes the
+    server) is the dearest step of a call. A caller that fills the queue to
+    `FLUSH_AT` while a slot is free sends it itself; this task then has
+    nothing left to do."""
+    mine = lane.queue
     try:
-        while lane.busy >= MAX_IN_FLIGHT:
+        await asyncio.sleep(0)  # the other calls of this tick join the batch
+        while lane.busy >= MAX_IN_FLIGHT and lane.queue is mine:
             waiter = asyncio.get_running_loop().create_future()
             lane.waiters.append(waiter)
             await waiter
     except asyncio.CancelledError:
-        # The calls queued behind this task go out again at once, under a
-        # leader of their own.
-        _fail(lane.queue, _Orphaned("the call leading this batch was cancelled"))
-        lane.queue = []
+        if lane.queue is mine:
+            # The calls queued behind this task go out again at once, under
+            # a leader of their own.
+            _fail(mine, _Orphaned("the call leading this batch was cancelled"))
+            lane.queue = []
         raise
-    pending, lane.queue = lane.queue, []
+    if lane.queue is mine:
+        lane.queue = []
+        await _send_batch(lane, source, mine)
+
+
+async def _send_batch(lane: _Lane, source: _Connections, pending: list[_Call]) -> None:
+    """Send `pending` (in `MAX_BATCH` pieces) as one exchange in flight on
+    the lane, and hand each call its reply."""
     lane.busy += 1
     try:
         for start in range(0, len(pending), MAX_BATCH):

@@ -137,16 +137,37 @@ async def test_overlapping_calls_share_writes(server_url: str, prefix: str, writ
         assert len(writes.log) <= 3  # the first call alone, then the rest batched
 
 
+@pytest.mark.server
+async def test_a_full_queue_goes_out_on_the_caller_that_filled_it(
+    server_url: str, prefix: str, writes: Writes
+) -> None:
+    """Once `FLUSH_AT` calls wait and a slot is free, the caller that made
+    the queue full sends it: the server starts on them while the other
+    callers of the same tick are still coming, instead of idling until the
+    tick ends."""
+    flush = _transport.FLUSH_AT
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        made = [await store.create(f"u{i}") for i in range(20)]
+        await store.load_scripts()
+        writes.log.clear()
+        tasks = [asyncio.ensure_future(store.resolve(s.token or "")) for s in made]
+        got = await asyncio.gather(*tasks)
+        assert [g.id if g else None for g in got] == [s.id for s in made]
+        assert [len(cmds) for _, _, cmds in writes.log] == [1, flush, 20 - 1 - flush]
+        assert [task for _, task, _ in writes.log] == [tasks[0], tasks[flush], tasks[flush + 1]]
+
+
 class CuttingProxy:
     """A loopback TCP proxy to a real server that, on the first connection to
     carry a batch (several EVALSHA in one write), passes exactly `limit` bytes
     of the batch's replies and then closes it: a connection broken in the
-    middle of a batch."""
+    middle of a batch. `cut_calls` is how many calls that batch carried."""
 
     def __init__(self, port: int, limit: int) -> None:
         self.port = port
         self.limit = limit
         self.cut = False
+        self.cut_calls = 0
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> CuttingProxy:
@@ -165,11 +186,15 @@ class CuttingProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
         batch = asyncio.Event()
+        carried = 0
 
         async def upstream() -> None:
+            nonlocal carried
             while data := await reader.read(65536):
                 if data.count(b"EVALSHA") > 1:
                     batch.set()
+                if batch.is_set():
+                    carried += data.count(b"EVALSHA")
                 up_writer.write(data)
                 await up_writer.drain()
 
@@ -177,7 +202,7 @@ class CuttingProxy:
             passed = 0
             while data := await up_reader.read(65536):
                 if batch.is_set() and not self.cut and passed + len(data) > self.limit:
-                    self.cut = True
+                    self.cut, self.cut_calls = True, carried
                     writer.write(data[: self.limit - passed])
                     await writer.drain()
                     return
@@ -217,23 +242,24 @@ async def test_a_connection_cut_mid_batch_fails_or_repeats_exactly_the_unanswere
         # The scripts are loaded beforehand (not through the proxy): a first
         # NOSCRIPT reply would spend the proxy's byte budget on its own.
         await SessionStore(admin).load_scripts()
-        # The first call goes alone; the other 19 are one batch, cut after
-        # 3 of its replies.
+        # The first call goes alone, the others in batches; the first batch
+        # to reach the proxy is cut after 3 of its replies.
         proxy = CuttingProxy(port, limit=3 * nil)
         async with proxy, SessionStore.from_url(proxy.url, prefix=prefix, retries=retries) as store:
             before = await _evalsha_calls(admin)
             calls = (store.resolve(t) for t in tokens)
             results = await asyncio.gather(*calls, return_exceptions=True)
             sent = await _evalsha_calls(admin) - before
-        assert proxy.cut
+        assert proxy.cut and proxy.cut_calls > 3
+        unanswered = proxy.cut_calls - 3
         answered = [r for r in results if r is None]
         failed = [r for r in results if isinstance(r, BackendUnavailable)]
         if retries:
-            assert len(answered) == 20  # the 16 unanswered went out again, once
-            assert sent == 20 + 16
+            assert len(answered) == 20  # the unanswered went out again, once
+            assert sent == 20 + unanswered
         else:
-            assert results[:4] == [None] * 4
-            assert len(failed) == 16 and len(answered) == 4
+            assert results[0] is None  # it went alone, before the cut
+            assert len(failed) == unanswered and len(answered) == 20 - unanswered
             assert sent == 20
     finally:
         await admin.aclose()
