@@ -47,6 +47,24 @@ async def test_index_lives_exactly_as_long_as_its_longest_session(
     assert 990_000 < ttl <= 1_000_000
 
 
+async def test_the_user_s_keys_follow_the_longest_session_left_after_an_eviction(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    digest, bucket = keys.user_digest("alice")
+    user_keys = [
+        f(prefix, bucket, digest) for f in (keys.index_key, keys.order_key, keys.groups_key)
+    ]
+    await make_store(lifetime=1000, max_sessions_per_user=2).create("alice")
+    await make_store(lifetime=10, max_sessions_per_user=2).create("alice")
+    for key in user_keys:  # a shorter session leaves them as they were
+        assert 990_000 < await backend.client.pttl(key) <= 1_000_000
+    # At the cap the long-lived (oldest) session is evicted: they now live as
+    # long as the sessions left, not as the one that went.
+    await make_store(lifetime=20, max_sessions_per_user=2).create("alice")
+    for key in user_keys:
+        assert 19_000 < await backend.client.pttl(key) <= 20_000
+
+
 async def test_idle_timeout_slides_on_use(
     make_store: StoreFactory, backend: Backend, prefix: str
 ) -> None:

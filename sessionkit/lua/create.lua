@@ -17,9 +17,19 @@ local skey, index, order, groups_key, key_prefix, stream =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id = ARGV[1]
 local now, now_us = clock()
-prune(index, order, groups_key, now)
+local expires = now + tonumber(ARGV[3])
+local idle = tonumber(ARGV[4])
+local dies = expires
+if idle > 0 and now + idle < expires then
+  dies = now + idle
+end
+local at = ms13(dies)
+local created = string.format('%016d', now_us)
+local value = LAYOUT .. created .. ms13(expires) .. ms13(now) .. ARGV[2] .. ARGV[6]
 
-local existing = redis.call('GET', skey)
+-- Written only if the token is new (NX); GET gives what a first attempt of
+-- a retried create wrote, and then nothing is written.
+local existing = redis.call('SET', skey, value, 'NX', 'PXAT', at, 'GET')
 if existing then
   if not ours(existing) then
     return redis.error_reply('SESSIONKIT_LAYOUT a session of another layout holds this token')
@@ -27,28 +37,36 @@ if existing then
   return {existing, redis.call('HGET', groups_key, id) or NO_GROUPS}
 end
 
+-- Expired members only count toward the cap, so the index is pruned when
+-- the count reaches it: below the cap a create reads nothing more.
+local cap = tonumber(ARGV[5])
+local count = redis.call('ZCARD', index)
 local evicted = {}
-local excess = redis.call('ZCARD', index) - tonumber(ARGV[5]) + 1
-if excess > 0 then
-  evicted = redis.call('ZRANGE', order, 0, excess - 1)
-  batched('DEL', nil, session_keys(key_prefix, evicted))
-  unindex(index, order, groups_key, evicted)
+if count >= cap then
+  prune(index, order, groups_key, now)
+  local excess = redis.call('ZCARD', index) - cap + 1
+  if excess > 0 then
+    evicted = redis.call('ZRANGE', order, 0, excess - 1)
+    batched('DEL', nil, session_keys(key_prefix, evicted))
+    unindex(index, order, groups_key, evicted)
+  end
 end
 
-local expires = now + tonumber(ARGV[3])
-local idle = tonumber(ARGV[4])
-local dies = expires
-if idle > 0 and now + idle < expires then
-  dies = now + idle
-end
-local value = LAYOUT .. string.format('%016d', now_us) .. ms13(expires) .. ms13(now) .. ARGV[2]
-  .. ARGV[6]
 local groups = join_groups({unpack(ARGV, 10)})
-redis.call('SET', skey, value, 'PXAT', ms13(dies))
-redis.call('ZADD', index, ms13(dies), id)
-redis.call('ZADD', order, string.format('%016d', now_us), id)
+redis.call('ZADD', index, at, id)
+redis.call('ZADD', order, created, id)
 redis.call('HSET', groups_key, id, groups)
-refresh_ttl(index, order, groups_key)
+if count >= cap then
+  refresh_ttl(index, order, groups_key)  -- what remains may die sooner
+elseif count == 0 then  -- the user's keys are new
+  redis.call('PEXPIREAT', index, at)
+  redis.call('PEXPIREAT', order, at)
+  redis.call('PEXPIREAT', groups_key, at)
+else  -- they live as long as the longest-lived session
+  redis.call('PEXPIREAT', index, at, 'GT')
+  redis.call('PEXPIREAT', order, at, 'GT')
+  redis.call('PEXPIREAT', groups_key, at, 'GT')
+end
 emit(stream, ARGV[7], 'evicted', ARGV[8], evicted, '[]')
 emit(stream, ARGV[7], 'created', ARGV[8], {id}, ARGV[9])
 
