@@ -25,8 +25,6 @@ class Script:
     name: str
     source: str
     sha: str
-    #: ``EVALSHA <sha>`` as RESP bulk strings, for packing calls by hand.
-    resp_head: bytes
 
 
 _DEFINITION = re.compile(r"^local (?:function )?([\w, ]+?)(?:\(| =|$)", re.M)
@@ -89,7 +87,7 @@ def _load(name: str, *, lib: bool = True) -> Script:
     if lib:
         source = assemble((folder / "_lib.lua").read_text("utf-8"), source)
     sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
-    return Script(name, source, sha, b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % sha.encode())
+    return Script(name, source, sha)
 
 
 class Scripts:

@@ -36,9 +36,10 @@ import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio
+import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -47,6 +48,9 @@ from redis.crc import key_slot
 from sessionkit import _redispy
 from sessionkit._scripts import Script
 from sessionkit.errors import BackendError, BackendTimeout, BackendUnavailable, SessionKitError
+
+#: hiredis's RESP packer, in C (its stub types the argument as a 1-tuple).
+_pack_command: Final = cast("Callable[[tuple[Any, ...]], bytes]", hiredis.pack_command)
 
 #: Most commands written in one batch.
 MAX_BATCH: Final = 512
@@ -74,48 +78,15 @@ TOPOLOGY_PAUSE: Final = 0.05
 # -- packing --------------------------------------------------------------
 
 
-#: Integers packed before: the ones sent are a store's settings, the same
-#: on every call (bounded, in case a caller sends many others).
-_INT_BULKS: Final[dict[int, bytes]] = {}
-
-
-def _bulks(out: list[bytes], parts: Sequence[Any]) -> None:
-    """Append each part as a RESP bulk string (str, bytes, int; a bool or a
-    float is a programming error)."""
-    append = out.append
-    for value in parts:
-        kind = type(value)
-        if kind is str:
-            b = value.encode()
-            append(b"$%d\r\n%b\r\n" % (len(b), b))
-        elif kind is bytes:
-            append(b"$%d\r\n%b\r\n" % (len(value), value))
-        elif kind is int:
-            packed = _INT_BULKS.get(value)
-            if packed is None:
-                b = b"%d" % value
-                packed = b"$%d\r\n%b\r\n" % (len(b), b)
-                if len(_INT_BULKS) < 1024:
-                    _INT_BULKS[value] = packed
-            append(packed)
-        else:
-            raise TypeError(f"cannot send {kind.__name__} to the server")
-
-
 def pack(*parts: str | bytes | int) -> bytes:
-    """One command in RESP (str, bytes or int arguments), as redis-py packs it."""
-    out = [b"*%d\r\n" % len(parts)]
-    _bulks(out, parts)
-    return b"".join(out)
+    """One command in RESP (str, bytes or int arguments), byte for byte as
+    redis-py packs it: hiredis's packer, in C (a bool or None is refused)."""
+    return _pack_command(parts)
 
 
 def pack_script(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:
     """EVALSHA of `script` (the hot path of every store call)."""
-    n = len(keys)
-    out = [b"*%d\r\n%b$%d\r\n%d\r\n" % (3 + n + len(args), script.resp_head, len(b"%d" % n), n)]
-    _bulks(out, keys)
-    _bulks(out, args)
-    return b"".join(out)
+    return _pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
 
 
 def pack_eval(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:

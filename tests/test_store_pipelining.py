@@ -131,5 +131,6 @@ def test_hand_packed_calls_match_redis_py_byte_for_byte() -> None:
     args = ("", "é ünïcode", 0, 60_000, b"\x00raw\r\n", -5)
     theirs = b"".join(Connection().pack_command("EVALSHA", Scripts.get.sha, 2, *keys_, *args))
     assert pack_evalsha(Scripts.get, keys_, args) == theirs
-    with pytest.raises(TypeError):
-        pack_evalsha(Scripts.get, keys_, (1.5,))
+    for wrong in (None, True):  # what redis-py would not send either
+        with pytest.raises(TypeError):
+            pack_evalsha(Scripts.get, keys_, (wrong,))

@@ -107,7 +107,7 @@ async def test_a_programming_error_reaches_the_caller_as_it_is(
 ) -> None:
     async with SessionStore.from_url(server_url, prefix=prefix) as store:
         with pytest.raises(TypeError):
-            await store.transport.call(Scripts.get, ("k", "p"), ("", "x", 1.5, 0))
+            await store.transport.call(Scripts.get, ("k", "p"), ("", "x", None, 0))
 
 
 @pytest.mark.server
