@@ -87,16 +87,18 @@ async def test_idle_timeout_slides_on_use(
 async def test_idle_timeout_never_extends_past_the_lifetime(
     make_store: StoreFactory, backend: Backend, prefix: str
 ) -> None:
-    store = make_store(lifetime=0.8, idle_timeout=0.5)
+    # Each step has 0.4 s to spare: a loaded machine's late wake-up must
+    # not read as an idle expiry.
+    store = make_store(lifetime=2.0, idle_timeout=1.2)
     s = await store.create("alice")
-    limit = s.created_at + timedelta(seconds=0.8)
-    await asyncio.sleep(0.4)
+    limit = s.created_at + timedelta(seconds=2.0)
+    await asyncio.sleep(0.8)
     got = await store.get("alice", s.token or "")
     assert got is not None and got.expires_at <= limit + timedelta(milliseconds=1)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.8)
     got = await store.get("alice", s.token or "")
     assert got is not None and got.expires_at <= limit + timedelta(milliseconds=1)
-    await asyncio.sleep(0.3)  # 1.0 s: past the lifetime though used 0.3 s ago
+    await asyncio.sleep(0.8)  # 2.4 s: past the lifetime though used 0.8 s ago
     assert await store.get("alice", s.token or "") is None
     assert await backend.keys(prefix) == []
 
