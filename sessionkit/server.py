@@ -88,13 +88,28 @@ def free_port(*, with_bus: bool = False) -> int:
     raise ServerError("no free loopback port found")
 
 
-def _ping(port: int) -> bool:
+def _answering_pid(port: int) -> int | None:
+    """The process id of the server answering on `port` (INFO server), or
+    None if none answers yet."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            s.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return None
+                reply += chunk
     except OSError:
-        return False
+        return None
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"process_id:"):
+            return int(line.split(b":", 1)[1])
+    return None
+
+
+class _PortTaken(Exception):
+    """Another process bound the port between `free_port` and the start."""
 
 
 class _Managed:
@@ -145,6 +160,9 @@ class EmbeddedServer(_Managed):
         startup_timeout: float = 20.0,
     ) -> None:
         self.binary = binary or find_server_binary()
+        #: A port chosen here may be taken by another process (a parallel
+        #: test worker) before the server binds it: `start` then picks another.
+        self._chosen_port = port is None
         self.port = port or free_port(with_bus=cluster)
         self.cluster = cluster
         self.args = tuple(args)
@@ -196,7 +214,19 @@ class EmbeddedServer(_Managed):
         return [*cmd, *self.args]
 
     def start(self) -> None:
-        """Start the process and wait until it answers PING."""
+        """Start the process and wait until it answers (itself, not another
+        server on the same port); on a port taken meanwhile, try another
+        one if this one was chosen here."""
+        for attempt in range(5):
+            try:
+                self._start_once()
+                return
+            except _PortTaken as exc:
+                if not self._chosen_port or attempt == 4:
+                    raise ServerError(str(exc)) from None
+                self.port = free_port(with_bus=self.cluster)
+
+    def _start_once(self) -> None:
         log = open(Path(self.dir) / "server.log", "ab")  # noqa: SIM115 (kept by the process)
         try:
             self.process = subprocess.Popen(
@@ -207,11 +237,14 @@ class EmbeddedServer(_Managed):
         finally:
             log.close()
         deadline = time.monotonic() + self.startup_timeout
-        while not _ping(self.port):
+        while _answering_pid(self.port) != self.process.pid:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = (Path(self.dir) / "server.log").read_text(errors="replace")[-2000:]
                 self.stop()
-                raise ServerError(f"{self.binary} did not start on port {self.port}:\n{tail}")
+                message = f"{self.binary} did not start on port {self.port}:\n{tail}"
+                if "Address already in use" in tail:
+                    raise _PortTaken(message)
+                raise ServerError(message)
             time.sleep(0.02)
 
     def kill(self) -> None:
@@ -223,7 +256,10 @@ class EmbeddedServer(_Managed):
     def restart(self) -> None:
         """Kill if running, then start again on the same port and folder."""
         self.kill()
-        self.start()
+        try:
+            self._start_once()
+        except _PortTaken as exc:
+            raise ServerError(str(exc)) from None
 
     def stop(self) -> None:
         """Stop the process and remove its files."""

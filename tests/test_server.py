@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import anyio
 import pytest
@@ -27,6 +28,30 @@ async def test_embedded_server_starts_answers_and_cleans_up() -> None:
     assert not await anyio.Path(folder).exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced_by_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parallel test workers pick ports at random: one may bind the port
+    another just found free. The server that lost it starts elsewhere, and
+    is never mistaken for whatever answers on the port it lost."""
+    import sessionkit.server as server_module
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        real = server_module.free_port
+        offered = iter([port])
+        monkeypatch.setattr(server_module, "free_port", lambda **kw: next(offered, 0) or real(**kw))
+        with EmbeddedServer() as server:
+            assert server.port != port
+            assert server.process is not None
+            assert server_module._answering_pid(server.port) == server.process.pid
+        # A port the caller chose is kept, and its loss is a clear error.
+        with pytest.raises(ServerError, match="did not start on port"):
+            EmbeddedServer(port=port).start()
 
 
 async def test_missing_binary_is_a_clear_error() -> None:
