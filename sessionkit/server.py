@@ -89,11 +89,11 @@ def free_port(*, with_bus: bool = False) -> int:
 
 
 def _answering_pid(port: int) -> int | None:
-    """The process id of the server answering on `port` (INFO server), or
-    None if none answers yet."""
+    """The process id of the server answering PING on `port` (INFO server),
+    or None if none answers yet (or it is still loading its data)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"INFO server\r\n")
+            s.sendall(b"PING\r\nINFO server\r\n")
             reply = b""
             while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
                 chunk = s.recv(65536)
@@ -101,6 +101,8 @@ def _answering_pid(port: int) -> int | None:
                     return None
                 reply += chunk
     except OSError:
+        return None
+    if not reply.startswith(b"+PONG"):
         return None
     for line in reply.split(b"\r\n"):
         if line.startswith(b"process_id:"):
