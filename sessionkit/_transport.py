@@ -457,9 +457,9 @@ async def _lead(lane: _Lane, source: _Connections) -> None:
     exchanges are out on the lane: the calls that came meanwhile (this
     tick's at least) go as one batch. Bounding what is in flight makes the
     batches as large as the load: a write (a system call that wakes the
-    server) is the dearest step of a call. A caller that fills the queue to
-    `FLUSH_AT` while a slot is free sends it itself; this task then has
-    nothing left to do."""
+    server) is the dearest step of a call. A caller that fills the queue
+    while a slot is free (see `_send_on`) sends it itself; this task then
+    has nothing left to do."""
     mine = lane.queue
     try:
         await asyncio.sleep(0)  # the other calls of this tick join the batch
