@@ -235,11 +235,12 @@ class _PoolConnections(_Connections):
         return None
 
     async def get(self) -> Any:
-        conn, self.spare = self.spare, None
-        if conn is not None and conn.is_connected:
-            return conn
+        conn = self.take()
         if conn is not None:
-            await _redispy.release(self.pool, conn)
+            return conn
+        stale, self.spare = self.spare, None  # kept, but its connection broke
+        if stale is not None:
+            await _redispy.release(self.pool, stale)
         return await _redispy.acquire(self.pool)
 
     def keep(self, conn: Any) -> bool:
@@ -272,10 +273,10 @@ class _NodeConnections(_Connections):
 
     async def get(self) -> Any:
         for _ in range(100):
-            try:
-                return _redispy.node_acquire(self.node)
-            except rx.MaxConnectionsError:
-                await asyncio.sleep(0.01)  # all in use: one comes back soon
+            conn = self.take()
+            if conn is not None:
+                return conn
+            await asyncio.sleep(0.01)  # all in use: one comes back soon
         return _redispy.node_acquire(self.node)
 
     def keep(self, conn: Any) -> bool:
@@ -513,9 +514,6 @@ def _fail(calls: Sequence[_Call], failure: BaseException) -> None:
 
 # -- the transport --------------------------------------------------------
 
-#: A call not sent yet (`Transport._retrying`'s first try).
-_UNSENT: Final[Any] = object()
-
 
 class Transport:
     """Every Redis call of one store (and of its event consumers)."""
@@ -538,24 +536,11 @@ class Transport:
     async def call(self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         """Run `script` (one EVALSHA, EVAL if the server lost it): its reply,
         or our typed error after the retries this fault allows."""
-        payload = pack_script(script, keys, args)
-        if self._single is not None:  # the common case first: one try, no frames more
-            try:
-                reply = await _send_on(*self._single, payload, batching=self._batching)
-            except Exception as exc:
-                if classify(exc) is None:
-                    raise
-                reply = exc
-            if not isinstance(reply, BaseException):
-                return reply
-        else:
-            reply = _UNSENT
         return await self._retrying(
             script.name,
             keys[0] if keys else None,
-            payload,
+            pack_script(script, keys, args),
             lambda: pack_eval(script, keys, args),
-            first=reply,
         )
 
     async def command(self, operation: str, key: str | None, *parts: str | bytes | int) -> Any:
@@ -704,23 +689,19 @@ class Transport:
         source: Callable[[], bytes] | None,
         *,
         refusals: bool = False,
-        first: Any = _UNSENT,
     ) -> Any:
         """Send one call until it gets a reply or the retry policy gives up;
         with `refusals`, the server's refusal is returned, not raised. An
-        EVALSHA the server does not know goes again as `source()` (its EVAL).
-        `first` is what a first try already got, if it was made."""
-        attempts: _Attempts | None = None
+        EVALSHA the server does not know goes again as `source()` (its EVAL)."""
+        attempts: _Attempts | None = None  # made on the first fault only
         ask: tuple[str, int] | None = None
-        reply = first
         while True:
-            if reply is _UNSENT:
-                try:
-                    reply = await self._send(key, payload, ask)
-                except Exception as exc:  # no connection to be had: as a broken one
-                    if classify(exc) is None:
-                        raise
-                    reply = exc
+            try:
+                reply = await self._send(key, payload, ask)
+            except Exception as exc:  # no connection to be had: as a broken one
+                if classify(exc) is None:
+                    raise
+                reply = exc
             ask = None
             if not isinstance(reply, BaseException):
                 return reply
@@ -729,7 +710,6 @@ class Transport:
             if isinstance(reply, rx.NoScriptError) and source is not None:
                 payload = source()
                 source = None  # EVAL caches it; a second NOSCRIPT is a refusal
-                reply = _UNSENT
                 continue
             if refusals and classify(reply) is Fault.REFUSED:
                 return reply
@@ -739,7 +719,6 @@ class Transport:
                 raise error(reply, operation) from reply
             if isinstance(reply, rx.AskError) and not isinstance(reply, rx.MovedError):
                 ask = (reply.host, reply.port)
-            reply = _UNSENT
 
     async def follow(self, moved: rx.MovedError) -> None:
         """Record a MOVED answer in the client's slot table."""
