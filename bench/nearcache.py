@@ -25,15 +25,11 @@ import time
 import uuid
 from typing import Any
 
+from bench.stats import percentile
 from sessionkit import NearCache, SessionStore
 
 CONCURRENCY = 50
 HOT_SHARE = 0.9
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 async def _connected(store: SessionStore) -> None:
@@ -160,8 +156,8 @@ async def revocation(url: str, *, quick: bool) -> dict[str, Any]:
         lags = [(b - a) * 1000 for a, b in zip(returned, seen, strict=True)]
         return {
             "changes": n,
-            "p50_ms": round(_pct(lags, 0.5), 3),
-            "p99_ms": round(_pct(lags, 0.99), 3),
+            "p50_ms": round(percentile(lags, 0.5), 3),
+            "p99_ms": round(percentile(lags, 0.99), 3),
             "max_ms": round(max(lags), 3),
             "load_tasks": len(loaders),
         }

@@ -24,6 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.impls import UA
+from bench.stats import percentile
 from sessionkit import SessionStore
 from sessionkit.defaults import MAX_SESSIONS_PER_USER, MAX_SESSIONS_PER_USER_LIMIT
 from sessionkit.server import EmbeddedServer
@@ -65,11 +66,10 @@ async def _latencies(store: SessionStore, token: str, seconds: float) -> dict[st
         t0 = time.perf_counter()
         await store.resolve(token)
         out.append((time.perf_counter() - t0) * 1000)
-    out.sort()
     return {
-        "p50_ms": out[len(out) // 2],
-        "p99_ms": out[min(len(out) - 1, int(len(out) * 0.99))],
-        "max_ms": out[-1],
+        "p50_ms": percentile(out, 0.5),
+        "p99_ms": percentile(out, 0.99),
+        "max_ms": max(out),
         "calls": len(out),
     }
 
