@@ -18,6 +18,9 @@ can shape another user's key names:
 * ``<prefix>:{<tag>}:events``          the bucket's event stream (see
   `sessionkit.events`): written by the same script as the change it reports,
   so it must share the users' slot
+* ``<prefix>:{<tag>}:events:n``        the number of the stream's last entry
+  (a string beside the stream, so that a script numbers an entry without
+  reading the stream back; see ``lua/_lib.lua``)
 
 The bucket count is a trade-off: each bucket is one slot, so more buckets
 spread users more finely over a cluster's nodes, and fewer buckets mean fewer

@@ -84,12 +84,13 @@ class Backend:
 
     async def keys(self, prefix: str, *, streams: bool = False) -> list[str]:
         """Every session and index key under `prefix` (SCAN on every primary
-        of a cluster), and the event streams too if `streams`."""
+        of a cluster), and the event streams and their counters too if
+        `streams`."""
         found = [
             k.decode() if isinstance(k, bytes) else k
             async for k in self.client.scan_iter(match=f"{prefix}:*", count=1000)
         ]
-        return sorted({k for k in found if streams or not k.endswith("}:events")})
+        return sorted({k for k in found if streams or not k.endswith(("}:events", "}:events:n"))})
 
     async def dump(self, prefix: str) -> dict[str, Any]:
         """Every key under `prefix` with its value (strings, sorted sets and

@@ -321,6 +321,48 @@ async def test_tail_from_now_starts_after_the_last_entry_not_at_the_clock(
         assert event.session_ids != (before.id,)
 
 
+async def test_entries_are_numbered_from_one_without_gaps_whatever_befalls_the_counter(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    """An entry's id is ``<ms>-<n>``, n counting the stream's entries. The
+    counter beside the stream only saves reading the stream back: lost, it
+    is set again from the stream; with the stream gone, the numbering starts
+    again at 1; behind an id ahead of the clock (a failover to a node whose
+    clock is behind), the next entry follows that id."""
+    store = make_store()
+    stream = stream_of(prefix, "nina")
+    counter = f"{stream}:n"
+    client: Any = backend.client
+
+    async def ids() -> list[tuple[int, int]]:
+        return [
+            (int(ms), int(n))
+            for ms, _, n in (i.decode().partition("-") for i, _ in await client.xrange(stream))
+        ]
+
+    for _ in range(3):
+        await store.create("nina")
+    assert [n for _, n in await ids()] == [1, 2, 3]
+    assert int(await client.get(counter)) == 3
+
+    await client.delete(counter)  # by hand, or maxmemory eviction
+    await store.create("nina")
+    assert [n for _, n in await ids()] == [1, 2, 3, 4]
+    assert int(await client.get(counter)) == 4
+
+    await client.delete(stream)  # FLUSHALL on a shard, by hand: the counter stays
+    await store.create("nina")
+    assert [n for _, n in await ids()] == [1]
+
+    [(ms, _)] = await ids()
+    ahead = {"type": "created", "user": "nina", "sessions": "x", "groups": "[]"}
+    await client.xadd(stream, ahead, id=f"{ms + 60_000}-2")  # the counter still says 1
+    await store.create("nina")
+    await store.create("nina")
+    assert await ids() == [(ms, 1), (ms + 60_000, 2), (ms + 60_000, 3), (ms + 60_000, 4)]
+    assert int(await client.get(counter)) == 4
+
+
 async def test_a_group_named_like_a_cluster_error_gets_its_deleted_stream_back(
     make_store: StoreFactory, prefix: str
 ) -> None:

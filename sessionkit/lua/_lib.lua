@@ -149,6 +149,13 @@ end
 -- An entry id is "<ms>-<n>": the server time and the entry's number in its
 -- stream (1, 2, 3, ... with no gaps), so a consumer group's position tells
 -- exactly how many entries came after it, trimmed or not, on every server.
+-- The number comes from a counter beside the stream ("<stream>:n", a
+-- string in the same slot): one INCRBY instead of reading the stream's last
+-- entry back. The stream is the truth, though: whenever the counter cannot
+-- be trusted (it is new, i.e. the bucket's first event or a counter lost;
+-- the stream is gone, so XADD NOMKSTREAM writes nothing; or the clock went
+-- back, so the id would not be the stream's largest), the numbering is
+-- taken again from the stream's last id and the counter set from it.
 -- One entry is at most EVENT_BYTES: a change to more sessions than fit
 -- writes several entries of the same type, in order, that together name
 -- each session once. maxlen '0' means events are off; a change that touched
@@ -179,15 +186,31 @@ local function emit(stream, maxlen, kind, user, ids, groups_json)
   if maxlen == '0' or #ids == 0 then
     return
   end
-  local last_ms, n = last_event_id(stream)
-  local ms = math.max(now_ms(), last_ms)
   local room = EVENT_BYTES - ENTRY_OVERHEAD - #kind - #user - #groups_json
   local per_entry = math.max(1, math.floor((room + 1) / (#ids[1] + 1)))
+  local entries = math.ceil(#ids / per_entry)
+  local counter = stream .. ':n'
+  local ms, n = now_ms(), redis.call('INCRBY', counter, entries) - entries
   for from = 1, #ids, per_entry do
     n = n + 1
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, string.format('%d-%d', ms, n),
-      'type', kind, 'user', user,
-      'sessions', table.concat(ids, ' ', from, math.min(from + per_entry - 1, #ids)),
-      'groups', groups_json)
+    local sessions = table.concat(ids, ' ', from, math.min(from + per_entry - 1, #ids))
+    local written = false
+    if from == 1 then
+      if n > 1 then  -- a counter that is not new: try its number
+        written = redis.pcall('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', maxlen,
+          string.format('%d-%d', ms, n), 'type', kind, 'user', user,
+          'sessions', sessions, 'groups', groups_json)
+        written = type(written) == 'string'
+      end
+      if not written then  -- number from the stream itself
+        local last_ms, last_n = last_event_id(stream)
+        ms, n = math.max(ms, last_ms), last_n + 1
+        redis.call('SET', counter, last_n + entries)
+      end
+    end
+    if not written then
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, string.format('%d-%d', ms, n),
+        'type', kind, 'user', user, 'sessions', sessions, 'groups', groups_json)
+    end
   end
 end
