@@ -80,6 +80,13 @@ def encode_body(user_id: str, user_agent: str | None, data: dict[str, Any]) -> b
     return _body_encoder.encode(_Body(u=user_id, a=user_agent, d=data))
 
 
+def encode_groups(groups: tuple[str, ...]) -> str:
+    """A session's entry in its user's groups hash: ``"\\0"``, then each
+    group followed by ``"\\0"`` (groups never hold NUL), so that a script
+    tells whether a session has a group with one plain search."""
+    return "\0" + "\0".join(groups) + "\0" if groups else "\0"
+
+
 #: The stored layout's version, the value's first byte (see ``lua/_lib.lua``).
 LAYOUT = 1
 #: Where each field of the stored value starts (0-based; ``lua/_lib.lua``

@@ -17,6 +17,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from sessionkit import _keys as keys
+from sessionkit._model import encode_groups
 from sessionkit.defaults import MAX_GROUPS_PER_SESSION
 
 
@@ -175,7 +176,7 @@ def create_call(
             s.max_sessions_per_user,
             body,
             *_events(s, uid, groups),
-            *groups,
+            encode_groups(groups),
         ),
     )
 

@@ -69,14 +69,6 @@ end
 
 local NO_GROUPS = '\0'
 
--- A session's groups entry from a list of distinct groups.
-local function join_groups(groups)
-  if #groups == 0 then
-    return NO_GROUPS
-  end
-  return '\0' .. table.concat(groups, '\0') .. '\0'
-end
-
 -- How many groups an entry holds (one NUL each, and the leading one).
 local function count_groups(entry)
   local _, nuls = string.gsub(entry, '%z', '')

@@ -10,7 +10,9 @@
 -- ARGV[4] idle timeout ms (0: none)   ARGV[5] max sessions per user (>= 1)
 -- ARGV[6] opaque JSON body   ARGV[7] event stream cap (0: no events)
 -- ARGV[8] user id   ARGV[9] the access groups as a JSON array
--- ARGV[10..] access groups (distinct, at most the per-session cap)
+-- ARGV[10] the session's groups entry, as the groups hash holds it (see
+--          _lib.lua; the caller joins the distinct groups, at most the
+--          per-session cap)
 -- Returns {value, groups entry, evicted id, ...}. A retried create (same
 -- token) returns the session the first attempt made and changes nothing.
 local skey, index, order, groups_key, key_prefix, stream =
@@ -52,7 +54,7 @@ if count >= cap then
   end
 end
 
-local groups = join_groups({unpack(ARGV, 10)})
+local groups = ARGV[10]
 redis.call('ZADD', index, at, id)
 redis.call('ZADD', order, created, id)
 redis.call('HSET', groups_key, id, groups)
