@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from bench import nearcache, report, sections
 from bench.impls import IMPLEMENTATIONS, UA, Impl, make_impls
-from bench.limits import measure_ceiling, measure_memory
+from bench.limits import measure_ceiling, measure_memory, measure_share
 from bench.runner import Result, run_scenario
 from bench.scenarios import SCENARIOS
 from bench.worst_case import measure_worst_case
@@ -229,17 +230,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     scale=scale,
                     tick=lambda: progress.advance(overall),
                 )
-        single = {
-            r.scenario: r.ops_per_s
-            for r in results
-            if r.impl == "sessionkit" and r.scenario in sections.SWEPT
-        }
         cluster_section: dict[str, Any] = {}
-        if not args.no_cluster and not cluster and "sessionkit" in impl_names:
+        ours = next((i for i in impls if i.name == "sessionkit"), None)
+        if not args.no_cluster and not cluster and ours is not None:
             console.print("the same resolve and create on an embedded 3-master cluster…")
             cluster_section = await sections.cluster(
                 args.server_bin,
-                single,
+                ours,
                 concurrency=args.concurrency,
                 duration=duration,
                 scale=scale,
@@ -271,8 +268,29 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 else make_impls(client, prefix, ["sessionkit"], cluster, events=events)[0]
             )
             made = await resolve_impl.populate([f"ceil-{i}" for i in range(2000)], 1)
-            ceiling = await measure_ceiling(
-                url, resolve_impl.store, [c.token for c in made], 0.3 if args.quick else 1.0
+            tokens = [c.token for c in made]
+            seconds = 0.3 if args.quick else 1.0
+            ceiling = await measure_ceiling(url, resolve_impl.store, tokens, seconds)
+            console.print("sessionkit beside the pipelined ceiling, in turns…")
+            states: dict[str, Any] = {}
+
+            async def beside(op: str) -> float:
+                scenario = sections.scenario_named(op)
+                if op not in states:
+                    states[op] = await scenario.prepare(resolve_impl, random.Random(1), scale)
+                r = await run_scenario(
+                    scenario,
+                    resolve_impl,
+                    concurrency=args.concurrency,
+                    duration=seconds,
+                    max_ops=None,
+                    scale=scale,
+                    state=states[op],
+                )
+                return r.ops_per_s
+
+            ceiling["side_by_side"] = await measure_share(
+                url, resolve_impl.store, tokens, seconds, beside
             )
             memory = await _memory(args.quick, events, args.server_bin)
             console.print("measuring the worst case (one user at the session cap)…")

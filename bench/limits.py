@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -119,13 +121,58 @@ async def measure_ceiling(
     """Server ceiling for the resolve and create scripts, pipelined (depth 16,
     4 connections) and unpipelined (depth 1, 50 connections)."""
     await store.load_scripts()
-    host, port = url.removeprefix("redis://").split("/")[0].split(":")
     out: dict[str, Any] = {"method": "second process, raw asyncio+hiredis client, EVALSHA"}
     plan = [
         (op, name, conns, depth)
         for op in ("resolve", "create")
         for name, conns, depth in (("pipelined", 4, 16), ("unpipelined", 50, 1))
     ]
+    for (op, name, conns, depth), res in zip(
+        plan, await _ceilings(url, store, tokens, seconds, plan), strict=True
+    ):
+        out[f"{op}_{name}"] = {**res, "connections": conns, "depth": depth}
+    return out
+
+
+async def measure_share(
+    url: str,
+    store: SessionStore,
+    tokens: list[str],
+    seconds: float,
+    ours: Callable[[str], Awaitable[float]],
+    rounds: int = 3,
+) -> dict[str, Any]:
+    """sessionkit's share of the pipelined ceiling, side by side: `rounds`
+    times, the ceiling of an operation for `seconds`, then sessionkit's own
+    run of it (`ours(op)`, its ops/s) right after; the share is the median
+    of the rounds' ratios. Both figures of a ratio come from the same
+    moments of a machine that drifts by a quarter over a minute."""
+    out: dict[str, Any] = {"rounds": rounds}
+    for op in ("resolve", "create"):
+        ceilings, mine = [], []
+        for _ in range(rounds):
+            [res] = await _ceilings(url, store, tokens, seconds, [(op, "pipelined", 4, 16)])
+            ceilings.append(res["ops_per_s"])
+            mine.append(await ours(op))
+        shares = [m / c for m, c in zip(mine, ceilings, strict=True)]
+        out[op] = {
+            "ceiling_ops_per_s": statistics.median(ceilings),
+            "ops_per_s": statistics.median(mine),
+            "share": round(statistics.median(shares), 3),
+        }
+    return out
+
+
+async def _ceilings(
+    url: str,
+    store: SessionStore,
+    tokens: list[str],
+    seconds: float,
+    plan: list[tuple[str, str, int, int]],
+) -> list[dict[str, Any]]:
+    """Drive the server from the second process for each (operation, name,
+    connections, depth) of `plan`, one after the other."""
+    host, port = url.removeprefix("redis://").split("/")[0].split(":")
     cfgs = [
         {
             "op": op,
@@ -144,8 +191,7 @@ async def measure_ceiling(
         sys.executable, "-m", "bench.limits", stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     stdout, _ = await proc.communicate(json.dumps(cfgs).encode())
-    for (op, name, conns, depth), res in zip(plan, json.loads(stdout), strict=True):
-        out[f"{op}_{name}"] = {**res, "connections": conns, "depth": depth}
+    out: list[dict[str, Any]] = json.loads(stdout)
     return out
 
 

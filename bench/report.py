@@ -51,6 +51,16 @@ def ratios(results: list[Result], ceiling: dict[str, Any]) -> list[dict[str, Any
                                 "ratio": round(r.ops_per_s / c, 3),
                             }
                         )
+    for op, side in (ceiling.get("side_by_side") or {}).items():
+        if isinstance(side, dict):
+            out.append(
+                {
+                    "scenario": op,
+                    "vs": "ceiling",
+                    "ceiling": "pipelined, side by side",
+                    "ratio": side["share"],
+                }
+            )
     return out
 
 
@@ -215,7 +225,7 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
                 console.print(escape(line))
     ceiling = doc["ceiling"]
     for key, val in ceiling.items():
-        if isinstance(val, dict):
+        if isinstance(val, dict) and "depth" in val:
             console.print(
                 f"server ceiling {key}: {val['ops_per_s']:,.0f} ops/s "
                 f"({val['connections']} connections, depth {val['depth']})"
@@ -268,7 +278,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {r['scenario']} | {vs} | {r['ratio']:.2f} |")
     lines += ["", "Server ceiling (second process, raw pipelined client):", ""]
     for key, val in doc["ceiling"].items():
-        if isinstance(val, dict):
+        if isinstance(val, dict) and "depth" in val:
             lines.append(
                 f"- {key}: {val['ops_per_s']:,.0f} ops/s "
                 f"({val['connections']} connections, depth {val['depth']})"

@@ -55,6 +55,30 @@ async def server_usec(client: Any) -> float | None:
     return total
 
 
+@dataclass
+class _Window:
+    """What one timed window measured, before it is summed up."""
+
+    hist: HdrHistogram
+    seconds: float
+    cpu: float
+    errors: int
+    first_error: str | None
+    server_usec: float | None
+
+    def add(self, other: _Window) -> _Window:
+        self.hist.add(other.hist)
+        self.seconds += other.seconds
+        self.cpu += other.cpu
+        self.errors += other.errors
+        self.first_error = self.first_error or other.first_error
+        if self.server_usec is None or other.server_usec is None:
+            self.server_usec = None
+        else:
+            self.server_usec += other.server_usec
+        return self
+
+
 async def run_scenario(
     scenario: Scenario,
     impl: Impl,
@@ -72,11 +96,77 @@ async def run_scenario(
     operations, whichever ends first."""
     if scenario.max_concurrency:
         concurrency = min(concurrency, scenario.max_concurrency)
-    rng = random.Random(seed)
     prep0 = time.perf_counter()
     if state is None:
-        state = await scenario.prepare(impl, rng, scale)
+        state = await scenario.prepare(impl, random.Random(seed), scale)
     setup_s = time.perf_counter() - prep0
+    window = await _drive(
+        scenario,
+        impl,
+        state,
+        concurrency=concurrency,
+        duration=duration,
+        max_ops=max_ops,
+        seed=seed,
+        tick=tick,
+    )
+    return _result(scenario, impl, window, concurrency, setup_s)
+
+
+async def run_interleaved(
+    scenario: Scenario,
+    entries: list[tuple[Impl, Any]],
+    *,
+    concurrency: int,
+    duration: float,
+    slices: int,
+    seed: int = 1,
+) -> list[Result]:
+    """Each implementation (with the state its `prepare` made) driven for
+    `duration` seconds in all, in `slices` turns whose order rotates, so
+    that every one of them sees the same moments of the machine: a shared
+    machine drifts by a quarter over a minute, and runs back to back would
+    compare moments, not implementations. One result per implementation,
+    its turns summed, in the order given."""
+    if scenario.max_concurrency:
+        concurrency = min(concurrency, scenario.max_concurrency)
+    windows: list[_Window | None] = [None] * len(entries)
+    for k in range(slices):
+        for j in range(len(entries)):
+            i = (j + k) % len(entries)
+            impl, state = entries[i]
+            w = await _drive(
+                scenario,
+                impl,
+                state,
+                concurrency=concurrency,
+                duration=duration / slices,
+                max_ops=None,
+                seed=seed + k,
+                tick=None,
+            )
+            before = windows[i]
+            windows[i] = w if before is None else before.add(w)
+    return [
+        _result(scenario, impl, w, concurrency, 0.0)
+        for (impl, _), w in zip(entries, windows, strict=True)
+        if w is not None
+    ]
+
+
+async def _drive(
+    scenario: Scenario,
+    impl: Impl,
+    state: Any,
+    *,
+    concurrency: int,
+    duration: float,
+    max_ops: int | None,
+    seed: int,
+    tick: Callable[[float], None] | None,
+) -> _Window:
+    """`concurrency` tasks issuing the scenario's step back to back for
+    `duration` seconds or `max_ops` operations, whichever ends first."""
     hist = HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 µs .. 60 s
     done = 0
     errors = 0
@@ -110,7 +200,8 @@ async def run_scenario(
         nonlocal stop
         start = time.perf_counter()
         while not stop:
-            await asyncio.sleep(0.1)
+            elapsed = time.perf_counter() - start
+            await asyncio.sleep(min(0.1, max(0.0, duration - elapsed)))
             elapsed = time.perf_counter() - start
             if tick:
                 tick(min(elapsed / duration, 1.0))
@@ -126,23 +217,33 @@ async def run_scenario(
     stop = True
     clock.cancel()
     usec1 = await server_usec(impl.client)
+    return _Window(
+        hist,
+        seconds,
+        cpu,
+        errors,
+        first_error,
+        None if usec0 is None or usec1 is None else usec1 - usec0,
+    )
+
+
+def _result(scenario: Scenario, impl: Impl, w: _Window, concurrency: int, setup_s: float) -> Result:
+    hist = w.hist
     n = hist.get_total_count()
     return Result(
         scenario=scenario.name,
         impl=impl.name,
         ops=n,
-        seconds=round(seconds, 3),
-        ops_per_s=round(n / seconds, 1) if seconds else 0.0,
+        seconds=round(w.seconds, 3),
+        ops_per_s=round(n / w.seconds, 1) if w.seconds else 0.0,
         p50_ms=hist.get_value_at_percentile(50) / 1000,
         p99_ms=hist.get_value_at_percentile(99) / 1000,
         p999_ms=hist.get_value_at_percentile(99.9) / 1000,
         max_ms=hist.get_max_value() / 1000,
-        errors=errors,
-        cpu_us_per_op=round(cpu / n * 1e6, 1) if n else 0.0,
-        first_error=first_error,
+        errors=w.errors,
+        cpu_us_per_op=round(w.cpu / n * 1e6, 1) if n else 0.0,
+        first_error=w.first_error,
         setup_s=round(setup_s, 2),
         concurrency=concurrency,
-        server_us_per_op=(
-            round((usec1 - usec0) / n, 1) if n and usec0 is not None and usec1 is not None else None
-        ),
+        server_us_per_op=(round(w.server_usec / n, 1) if n and w.server_usec is not None else None),
     )

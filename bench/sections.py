@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.impls import Impl, make_impls
-from bench.runner import run_scenario
+from bench.runner import run_interleaved, run_scenario
 from bench.scenarios import SCENARIOS, Scenario
 from sessionkit import SessionStore
 from sessionkit.defaults import POOL_SIZE
@@ -26,8 +26,15 @@ SWEEP = (1, 10, 50, 200)
 SWEPT = ("resolve", "create")
 
 
-def _scenario(name: str) -> Scenario:
+def scenario_named(name: str) -> Scenario:
     return next(s for s in SCENARIOS if s.name == name)
+
+
+def slices(duration: float) -> int:
+    """Turns per implementation when runs are interleaved: each at least
+    0.1 s (a turn that short still holds thousands of operations at c=1),
+    at most 5."""
+    return max(1, min(5, int(duration / 0.1 + 1e-9)))
 
 
 async def sweep(
@@ -39,66 +46,55 @@ async def sweep(
     tick: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """resolve and create at each concurrency for every implementation, the
-    implementations back to back at each level (so that they share the
-    machine's moment), each one's setup made once per scenario; plus, at
-    c=1, a bare redis-py ``GET`` as the round trip's yardstick."""
+    implementations interleaved at each level (`run_interleaved`: they share
+    the machine's moments), each one's setup made once per scenario; plus,
+    at c=1, a bare redis-py ``GET`` as the round trip's yardstick, driven by
+    the same loop."""
     out: list[dict[str, Any]] = []
     for name in SWEPT:
-        scenario = _scenario(name)
-        states: dict[str, Any] = {}
+        scenario = scenario_named(name)
+        entries: list[tuple[Impl, Any]] = []
         for impl in impls:
             if scenario.needs <= impl.ops:
-                states[impl.name] = await scenario.prepare(impl, random.Random(1), scale)
+                entries.append((impl, await scenario.prepare(impl, random.Random(1), scale)))
+        if not entries:
+            continue
         for c in levels:
-            if name == "resolve" and c == 1 and impls:
-                out.append(await _bare_get(impls[0].client, duration))
-            for impl in impls:
-                if impl.name not in states:
-                    continue
-                r = await run_scenario(
-                    scenario,
-                    impl,
-                    concurrency=c,
-                    duration=duration,
-                    max_ops=None,
-                    scale=scale,
-                    state=states[impl.name],
-                )
-                out.append(asdict(r))
-                if tick:
+            level = list(entries)
+            if name == "resolve" and c == 1:
+                level.insert(0, (await _bare_get(entries[0][0].client), entries[0][1]))
+            results = await run_interleaved(
+                scenario, level, concurrency=c, duration=duration, slices=slices(duration)
+            )
+            out += [asdict(r) for r in results]
+            if tick:
+                for _ in entries:
                     tick()
     return out
 
 
-async def _bare_get(client: Any, duration: float) -> dict[str, Any]:
-    """One task awaiting redis-py ``GET`` of one key, for `duration` seconds."""
-    from hdrh.histogram import HdrHistogram
+class _BareGet:
+    """A "store" whose resolve is one redis-py ``GET`` of one key."""
 
-    await client.set("bench:bare-get", b"x" * 300)
-    hist = HdrHistogram(1, 60_000_000, 3)
-    perf = time.perf_counter
-    end = perf() + duration
-    while (t0 := perf()) < end:
-        await client.get("bench:bare-get")
-        hist.record_value(max(1, int((perf() - t0) * 1e6)))
-    n = hist.get_total_count()
-    return {
-        "scenario": "resolve",
-        "impl": "redis-py GET",
-        "concurrency": 1,
-        "ops": n,
-        "ops_per_s": round(n / duration, 1),
-        "p50_ms": hist.get_value_at_percentile(50) / 1000,
-        "p99_ms": hist.get_value_at_percentile(99) / 1000,
-        "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
-        "errors": 0,
-        "server_us_per_op": None,
-    }
+    key = "bench:bare-get"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def resolve(self, token: str) -> bytes:
+        value: bytes = await self.client.get(self.key)
+        return value
+
+
+async def _bare_get(client: Any) -> Impl:
+    """The bare ``GET`` as an implementation of resolve."""
+    await client.set(_BareGet.key, b"x" * 300)
+    return Impl("redis-py GET", _BareGet(client), frozenset({"resolve"}), client)
 
 
 async def cluster(
     server_bin: str | None,
-    single: dict[str, float],
+    single: Impl,
     *,
     concurrency: int,
     duration: float,
@@ -106,7 +102,9 @@ async def cluster(
     events: bool,
 ) -> dict[str, Any]:
     """sessionkit's resolve and create on an embedded 3-master cluster, per
-    process, with the ratio to the single-server figures of the same run."""
+    process, with the ratio to the same store on the single server
+    (`single`), the two interleaved (`run_interleaved`) so that the ratio
+    compares the same moments of the machine."""
     async with EmbeddedCluster(binary=server_bin) as c:
         store = SessionStore.from_url(c.url, pool_size=max(POOL_SIZE, concurrency))
         try:
@@ -114,23 +112,25 @@ async def cluster(
             await impl.store.load_scripts()
             results: dict[str, Any] = {"masters": 3}
             for name in SWEPT:
-                r = await run_scenario(
-                    _scenario(name),
-                    impl,
+                scenario = scenario_named(name)
+                entries = [
+                    (i, await scenario.prepare(i, random.Random(1), scale)) for i in (single, impl)
+                ]
+                one, r = await run_interleaved(
+                    scenario,
+                    entries,
                     concurrency=concurrency,
                     duration=duration,
-                    max_ops=None,
-                    scale=scale,
+                    slices=slices(duration),
                 )
-                one = single.get(name)
                 results[name] = {
                     "ops_per_s": r.ops_per_s,
                     "p50_ms": r.p50_ms,
                     "p99_ms": r.p99_ms,
                     "cpu_us_per_op": r.cpu_us_per_op,
                     "errors": r.errors,
-                    "single_server_ops_per_s": one,
-                    "ratio": round(r.ops_per_s / one, 2) if one else None,
+                    "single_server_ops_per_s": one.ops_per_s,
+                    "ratio": round(r.ops_per_s / one.ops_per_s, 2) if one.ops_per_s else None,
                 }
             return results
         finally:
@@ -183,7 +183,7 @@ async def _child(config: dict[str, Any]) -> dict[str, Any]:
         tag = f"bp{os.environ.get('BENCH_CHILD', '0')}{os.getpid()}"
         impl = make_impls(store.client, tag, ["sessionkit"], False, events=config["events"])[0]
         await impl.store.load_scripts()
-        scenario = _scenario(config["scenario"])
+        scenario = scenario_named(config["scenario"])
         state = await scenario.prepare(impl, random.Random(1), config["scale"])
         await asyncio.sleep(max(0.0, config["start_at"] - time.time()))
         r = await run_scenario(
