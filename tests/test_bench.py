@@ -4,16 +4,21 @@ contract, so that its numbers compare like with like."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.impls import PEER_OPS, PEERS, make_impls
+from bench.impls import PEER_OPS, PEERS, Impl, make_impls
 from bench.naive import NaiveStore
-from bench.scenarios import SCENARIOS
+from bench.runner import run_interleaved
+from bench.scenarios import SCENARIOS, Scenario
 from tests.conftest import Backend
 from tests.test_store_operations import StoreContract
 
@@ -95,6 +100,9 @@ def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
     assert all(("resolve", peer) in vs for peer in PEERS)
     assert ("resolve", "ceiling") in vs
     assert doc["ceiling"]["resolve_pipelined"]["ops_per_s"] > 0
+    for op in ("resolve", "create"):  # the share measured beside the ceiling, in turns
+        side = doc["ceiling"]["side_by_side"][op]
+        assert side["ceiling_ops_per_s"] > 0 and side["ops_per_s"] > 0 and side["share"] > 0
     assert doc["memory"]["sessionkit"]["bytes_per_session"] > 0
     for name in ("latest.json", "latest.md", "latest.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
@@ -127,3 +135,31 @@ async def test_group_scenarios_toggle_one_group_so_sessions_keep_their_size(
         for user in state["users"]:
             for session in await impl.store.list(user):
                 assert session.access_groups == ["member"]  # added, then removed again
+
+
+async def test_interleaved_runs_take_turns_in_rotating_order_and_sum_them() -> None:
+    """Each implementation runs in `slices` turns, their order rotating, so
+    that all of them see the same moments; each result sums its turns."""
+    log: list[str] = []
+
+    async def step(impl: Impl, state: Any, rng: random.Random) -> None:
+        log.append(impl.name)
+        await asyncio.sleep(0.002)
+
+    scenario = Scenario("probe", frozenset(), _no_prepare, step)
+    a, b = (Impl(name, None, frozenset(), None) for name in ("a", "b"))
+    results = await run_interleaved(
+        scenario, [(a, None), (b, None)], concurrency=1, duration=0.3, slices=3
+    )
+    # Turns a, b | b, a | a, b: the middle runs are two turns each.
+    runs = [(name, len(list(calls))) for name, calls in itertools.groupby(log)]
+    assert [name for name, _ in runs] == ["a", "b", "a", "b"]
+    (_, first), (_, second), (_, third), (_, last) = runs
+    assert min(second, third) > 1.5 * max(first, last)
+    assert [r.impl for r in results] == ["a", "b"]
+    assert [r.ops for r in results] == [log.count("a"), log.count("b")]
+    assert all(0.25 < r.seconds < 0.5 for r in results)
+
+
+async def _no_prepare(impl: Impl, rng: random.Random, scale: float) -> None:
+    return None
