@@ -190,6 +190,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         parse_user_agent(UA)  # compile the parser's rules before anything is timed
+        steal0 = _cpu_times()
         results: list[Result] = []
         runs = [(s, i) for s in scenarios for i in impls if s.needs <= i.ops]
         swept = [
@@ -295,6 +296,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             memory = await _memory(args.quick, events, args.server_bin)
             console.print("measuring the worst case (one user at the session cap)…")
             worst = await measure_worst_case(args.server_bin, args.quick)
+        conditions["cpu_steal_percent"] = _steal_percent(steal0, _cpu_times())
         doc = report.build(
             conditions,
             results,
@@ -310,6 +312,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     report.write(doc, args.results, args.json)
     console.print(f"wrote {args.results / 'latest.json'}, latest.md, latest.png")
     return doc
+
+
+def _cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def _steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave other guests between two
+    readings (the 8th counter, "steal"), as a percentage."""
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])  # guest time is already in user time
+    return round(100 * (after[7] - before[7]) / total, 1) if total > 0 else None
 
 
 async def _memory(quick: bool, events: bool, binary: str | None) -> dict[str, Any]:

@@ -254,7 +254,13 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# sessionkit benchmark",
         "",
-        f"- machine: {c['cpu_count']} CPUs, {c['platform']}",
+        f"- machine: {c['cpu_count']} CPUs, {c['platform']}"
+        + (
+            f"; CPU steal during the run: {c['cpu_steal_percent']:.1f}% (time the host "
+            "gave other guests: the higher, the less the absolute figures mean)"
+            if c.get("cpu_steal_percent") is not None
+            else ""
+        ),
         f"- Python {c['python']}, redis-py {c['redis_py']}, hiredis {c['hiredis']}, "
         f"loop {c['loop']}",
         f"- server: {c['server']}",
