@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -97,6 +98,22 @@ CREATED_AT, EXPIRES_AT, LAST_ACTIVE_AT, DIGEST, BODY = 1, 17, 30, 43, 65
 _at = datetime.fromtimestamp
 
 
+@lru_cache(maxsize=4096)
+def _times(header: bytes) -> tuple[datetime, datetime, datetime]:
+    """Creation, expiry and last-active time from a stored value's header
+    (its three time fields). Cached: an app reads the same sessions again
+    and again, and building three datetimes is most of decoding one; the
+    header changes only when a read touches the session. Exact: a double
+    holds these values to well under a microsecond."""
+    at = EXPIRES_AT - CREATED_AT
+    last = LAST_ACTIVE_AT - CREATED_AT
+    return (
+        _at(int(header[:at]) / 1e6, UTC),
+        _at(int(header[at:last]) / 1e3, UTC),
+        _at(int(header[last:]) / 1e3, UTC),
+    )
+
+
 def decode_session(
     raw: bytes | str, groups_entry: bytes | str, sid: str, token: str | None, idle_timeout_ms: int
 ) -> Session:
@@ -111,10 +128,7 @@ def decode_session(
             f"a stored session of layout {raw[0]}; this sessionkit reads layout {LAYOUT}",
             details={"layout": raw[0]},
         )
-    # Exact: a double holds these values to well under a microsecond.
-    created = _at(int(raw[CREATED_AT:EXPIRES_AT]) / 1e6, UTC)
-    expires = _at(int(raw[EXPIRES_AT:LAST_ACTIVE_AT]) / 1e3, UTC)
-    last = _at(int(raw[LAST_ACTIVE_AT:DIGEST]) / 1e3, UTC)
+    created, expires, last = _times(raw[CREATED_AT:DIGEST])
     if idle_timeout_ms:
         expires = min(expires, last + timedelta(milliseconds=idle_timeout_ms))
     body = _body_decoder.decode(raw[BODY:])
