@@ -65,8 +65,11 @@ MAX_IN_FLIGHT: Final = 2
 #: than the wait.
 FLUSH_AT: Final = 8
 
-#: How many times a call follows MOVED / ASK before it gives up.
+#: How many times a call follows MOVED / ASK before it gives up; from the
+#: third MOVED on it pauses first, a little longer each time up to
+#: MAX_BOUNCE_PAUSE (about three seconds in all).
 MAX_REDIRECTS: Final = 16
+MAX_BOUNCE_PAUSE: Final = 0.25
 
 #: Retries of a cluster that is moving slots or failing over (TRYAGAIN,
 #: CLUSTERDOWN, a replica's READONLY, a slot no node serves), with a growing
@@ -773,7 +776,8 @@ class Transport:
 class _Attempts:
     """The retry policy, the one place that decides whether a failed call
     goes out again: a broken connection `retries` times (after closing the
-    idle ones), MOVED and ASK up to `MAX_REDIRECTS` times, a cluster in
+    idle ones), MOVED and ASK up to `MAX_REDIRECTS` times (pausing once
+    MOVED sends it back and forth), a cluster in
     motion `TOPOLOGY_TRIES` times with a growing pause and a topology
     reload, a batch orphaned by its cancelled leader at once. Never a
     timeout, a refusal or a programming error."""
@@ -799,6 +803,13 @@ class _Attempts:
             self.redirects += 1
             assert isinstance(reply, rx.MovedError)
             await t.follow(reply)
+            if self.redirects > 2:
+                # Sent back and forth: a move whose last step the nodes have
+                # not all taken yet (the target still importing says MOVED
+                # to the source, the source already says MOVED to the
+                # target). Give them time rather than spend every redirect
+                # in a few milliseconds.
+                await anyio.sleep(min(TOPOLOGY_PAUSE * (self.redirects - 2), MAX_BOUNCE_PAUSE))
             return True
         if fault is Fault.ASK and t.cluster and self.follow_ask and self.redirects < MAX_REDIRECTS:
             self.redirects += 1

@@ -396,6 +396,45 @@ async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: 
                 await c.aclose()
 
 
+@pytest.mark.cluster
+async def test_a_move_the_nodes_disagree_on_is_waited_out(
+    own_cluster: EmbeddedCluster, prefix: str
+) -> None:
+    """The last step of a slot move is one command per node. Between the
+    source's and the target's, the source sends a call on with MOVED and
+    the target, still importing, sends it back: the call waits for the
+    nodes to agree instead of spending its redirects in a few
+    milliseconds and failing."""
+    async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
+        made = await store.create("bob", ["g"])
+        _, bucket = keys.user_digest("bob")
+        slot = key_slot(keys.session_key(prefix, bucket, made.id).encode())
+        src_port = _node_slots(store.client)[slot]
+        masters = [n.port for n in own_cluster.nodes[:3]]
+        dst_port = next(p for p in masters if p != src_port)
+        src, dst = await _node(own_cluster, src_port), await _node(own_cluster, dst_port)
+        rest = [await _node(own_cluster, p) for p in masters if p not in (src_port, dst_port)]
+        try:
+            src_id, dst_id = await _cmd(src, "CLUSTER MYID"), await _cmd(dst, "CLUSTER MYID")
+            await _cmd(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            await _cmd(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+            names = await _cmd(src, "CLUSTER GETKEYSINSLOT", slot, 1000)
+            await _cmd(src, "MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *names)
+            for node in (src, *rest):  # every node but the target
+                await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+            # Without pauses the call would bounce sixteen times and fail in
+            # a few milliseconds, long before gossip settles the question.
+            call = asyncio.ensure_future(store.resolve(made.token or ""))
+            await asyncio.sleep(0.3)
+            await _cmd(dst, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+            got = await call
+            assert got is not None and got.id == made.id and got.access_groups == ["g"]
+            assert _node_slots(store.client)[slot] == dst_port
+        finally:
+            for c in (src, dst, *rest):
+                await c.aclose()
+
+
 @pytest.mark.server
 async def test_a_batch_that_gets_no_connection_fails_alone(server_url: str, prefix: str) -> None:
     """Several batches of commands: one that cannot get a connection gets
