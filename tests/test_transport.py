@@ -21,6 +21,7 @@ from sessionkit import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    Session,
     SessionStore,
     _redispy,
     _transport,
@@ -336,27 +337,41 @@ async def _calls(node: aioredis.Redis, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
+async def _a_slot_to_move(
+    store: SessionStore, cluster: EmbeddedCluster, prefix: str, user: str
+) -> tuple[Session, int, int, int]:
+    """A new session of `user` (in group "g"), its slot, the port of the
+    master serving that slot and of another master to move it to."""
+    made = await store.create(user, ["g"])
+    _, bucket = keys.user_digest(user)
+    slot = key_slot(keys.session_key(prefix, bucket, made.id).encode())
+    src_port = _node_slots(store.client)[slot]
+    masters = [n.port for n in cluster.nodes[:3]]
+    return made, slot, src_port, next(p for p in masters if p != src_port)
+
+
+async def _move_keys(
+    src: aioredis.Redis, dst: aioredis.Redis, slot: int, dst_port: int
+) -> tuple[str, str]:
+    """Set `slot` moving from `src` to `dst` and move its keys (the source
+    then answers ASK); the two nodes' ids."""
+    src_id, dst_id = await _cmd(src, "CLUSTER MYID"), await _cmd(dst, "CLUSTER MYID")
+    await _cmd(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    await _cmd(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    names = await _cmd(src, "CLUSTER GETKEYSINSLOT", slot, 1000)
+    assert names  # the session, its user's keys, the bucket's stream
+    await _cmd(src, "MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *names)
+    return src_id, dst_id
+
+
 @pytest.mark.cluster
 async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: str) -> None:
     async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
-        made = await store.create("alice", ["g"])
-        _, bucket = keys.user_digest("alice")
-        slot = key_slot(keys.session_key(prefix, bucket, made.id).encode())
-        src_port = _node_slots(store.client)[slot]
-        masters = [n.port for n in own_cluster.nodes[:3]]
-        dst_port = next(p for p in masters if p != src_port)
+        made, slot, src_port, dst_port = await _a_slot_to_move(store, own_cluster, prefix, "alice")
         src, dst = await _node(own_cluster, src_port), await _node(own_cluster, dst_port)
-        others = [await _node(own_cluster, p) for p in masters]
+        others = [await _node(own_cluster, n.port) for n in own_cluster.nodes[:3]]
         try:
-            src_id, dst_id = (
-                await _cmd(src, "CLUSTER MYID"),
-                await _cmd(dst, "CLUSTER MYID"),
-            )
-            await _cmd(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-            await _cmd(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-            names = await _cmd(src, "CLUSTER GETKEYSINSLOT", slot, 1000)
-            assert names  # the session, its user's keys, the bucket's stream
-            await _cmd(src, "MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *names)
+            src_id, dst_id = await _move_keys(src, dst, slot, dst_port)
             # Mid-move the source answers ASK: the call goes to the target
             # after ASKING. The target holds the session but not every key
             # the script names (the user's prefix is never a key), so it
@@ -379,10 +394,7 @@ async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: 
             assert _node_slots(store.client)[slot] == dst_port
             # And back, behind the client's back: MOVED alone corrects the
             # table, with no topology reload.
-            await _cmd(src, "CLUSTER SETSLOT", slot, "IMPORTING", dst_id)
-            await _cmd(dst, "CLUSTER SETSLOT", slot, "MIGRATING", src_id)
-            names = await _cmd(dst, "CLUSTER GETKEYSINSLOT", slot, 1000)
-            await _cmd(dst, "MIGRATE", "127.0.0.1", src_port, "", 0, 5000, "KEYS", *names)
+            await _move_keys(dst, src, slot, src_port)
             for node in others:
                 await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", src_id)
             reloads = [await _topology_reads(n) for n in others]
@@ -406,20 +418,15 @@ async def test_a_move_the_nodes_disagree_on_is_waited_out(
     nodes to agree instead of spending its redirects in a few
     milliseconds and failing."""
     async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
-        made = await store.create("bob", ["g"])
-        _, bucket = keys.user_digest("bob")
-        slot = key_slot(keys.session_key(prefix, bucket, made.id).encode())
-        src_port = _node_slots(store.client)[slot]
-        masters = [n.port for n in own_cluster.nodes[:3]]
-        dst_port = next(p for p in masters if p != src_port)
+        made, slot, src_port, dst_port = await _a_slot_to_move(store, own_cluster, prefix, "bob")
         src, dst = await _node(own_cluster, src_port), await _node(own_cluster, dst_port)
-        rest = [await _node(own_cluster, p) for p in masters if p not in (src_port, dst_port)]
+        rest = [
+            await _node(own_cluster, n.port)
+            for n in own_cluster.nodes[:3]
+            if n.port not in (src_port, dst_port)
+        ]
         try:
-            src_id, dst_id = await _cmd(src, "CLUSTER MYID"), await _cmd(dst, "CLUSTER MYID")
-            await _cmd(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-            await _cmd(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-            names = await _cmd(src, "CLUSTER GETKEYSINSLOT", slot, 1000)
-            await _cmd(src, "MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *names)
+            _, dst_id = await _move_keys(src, dst, slot, dst_port)
             for node in (src, *rest):  # every node but the target
                 await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", dst_id)
             # Without pauses the call would bounce sixteen times and fail in
