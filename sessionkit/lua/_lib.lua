@@ -55,10 +55,6 @@ local function ms13(n)
   return string.format('%013d', n)
 end
 
-local function field_ms(v, from)
-  return tonumber(string.sub(v, from, from + 12))
-end
-
 local function ours(v)
   return string.byte(v) == LAYOUT_BYTE
 end
@@ -87,11 +83,6 @@ local function batched(command, key, items)
     end
   end
   return total
-end
-
--- A user's three per-user keys, from the user's key prefix and digest.
-local function user_keys(key_prefix, digest)
-  return key_prefix .. 'u:' .. digest, key_prefix .. 'c:' .. digest, key_prefix .. 'g:' .. digest
 end
 
 -- Takes sessions out of the user's index, order and groups.
