@@ -61,6 +61,8 @@ class _Window:
     """What one timed window measured, before it is summed up."""
 
     hist: HdrHistogram
+    #: The tasks it ran (the scenario's `max_concurrency` applied).
+    concurrency: int
     seconds: float
     cpu: float
     errors: int
@@ -95,8 +97,6 @@ async def run_scenario(
     """Prepare the scenario (not timed) unless `state` is what an earlier
     run prepared, then drive it for `duration` seconds or `max_ops`
     operations, whichever ends first."""
-    if scenario.max_concurrency:
-        concurrency = min(concurrency, scenario.max_concurrency)
     prep0 = time.perf_counter()
     if state is None:
         state = await scenario.prepare(impl, random.Random(seed), scale)
@@ -111,7 +111,7 @@ async def run_scenario(
         seed=seed,
         tick=tick,
     )
-    return _result(scenario, impl, window, concurrency, setup_s)
+    return _result(scenario, impl, window, setup_s)
 
 
 async def run_interleaved(
@@ -129,8 +129,6 @@ async def run_interleaved(
     machine drifts by a quarter over a minute, and runs back to back would
     compare moments, not implementations. One result per implementation,
     its turns summed, in the order given."""
-    if scenario.max_concurrency:
-        concurrency = min(concurrency, scenario.max_concurrency)
     windows: list[_Window | None] = [None] * len(entries)
     for k in range(slices):
         for j in range(len(entries)):
@@ -149,7 +147,7 @@ async def run_interleaved(
             before = windows[i]
             windows[i] = w if before is None else before.add(w)
     return [
-        _result(scenario, impl, w, concurrency, 0.0)
+        _result(scenario, impl, w, 0.0)
         for (impl, _), w in zip(entries, windows, strict=True)
         if w is not None
     ]
@@ -166,8 +164,11 @@ async def _drive(
     seed: int,
     tick: Callable[[float], None] | None,
 ) -> _Window:
-    """`concurrency` tasks issuing the scenario's step back to back for
-    `duration` seconds or `max_ops` operations, whichever ends first."""
+    """`concurrency` tasks (at most the scenario's `max_concurrency`)
+    issuing the scenario's step back to back for `duration` seconds or
+    `max_ops` operations, whichever ends first."""
+    if scenario.max_concurrency:
+        concurrency = min(concurrency, scenario.max_concurrency)
     # Latencies go into a flat array while the clock runs and into the
     # histogram after it stops: recording into the histogram costs a
     # microsecond of the client's CPU per operation, the array a tenth of it.
@@ -226,6 +227,7 @@ async def _drive(
         hist.record_value(max(1, int(seconds_taken * 1e6)))
     return _Window(
         hist,
+        concurrency,
         seconds,
         cpu,
         errors,
@@ -234,7 +236,7 @@ async def _drive(
     )
 
 
-def _result(scenario: Scenario, impl: Impl, w: _Window, concurrency: int, setup_s: float) -> Result:
+def _result(scenario: Scenario, impl: Impl, w: _Window, setup_s: float) -> Result:
     hist = w.hist
     n = hist.get_total_count()
     return Result(
@@ -251,6 +253,6 @@ def _result(scenario: Scenario, impl: Impl, w: _Window, concurrency: int, setup_
         cpu_us_per_op=round(w.cpu / n * 1e6, 1) if n else 0.0,
         first_error=w.first_error,
         setup_s=round(setup_s, 2),
-        concurrency=concurrency,
+        concurrency=w.concurrency,
         server_us_per_op=(round(w.server_usec / n, 1) if n and w.server_usec is not None else None),
     )
