@@ -26,7 +26,6 @@ from sessionkit import SessionStore
 from sessionkit import _keys as keys
 from sessionkit._model import encode_body
 from sessionkit._scripts import Settings, create_call, get_call
-from sessionkit._transport import pack_script
 
 
 def _resolve_commands(settings: Settings, tokens: list[str]) -> list[bytes]:
@@ -35,7 +34,7 @@ def _resolve_commands(settings: Settings, tokens: list[str]) -> list[bytes]:
     for t in tokens:
         bucket = keys.token_bucket(t)
         assert bucket is not None
-        out.append(pack_script(*get_call(settings, bucket, keys.session_id(t))))
+        out.append(get_call(settings, bucket, keys.session_id(t)).payload)
     return out
 
 
@@ -48,7 +47,7 @@ def _create_commands(settings: Settings, n: int) -> list[bytes]:
         digest, bucket = keys.user_digest(uid)
         sid = keys.session_id(keys.new_token(bucket))
         body = encode_body(uid, UA, {})
-        out.append(pack_script(*create_call(settings, uid, digest, bucket, sid, body, ("member",))))
+        out.append(create_call(settings, uid, digest, bucket, sid, body, ("member",)).payload)
     return out
 
 

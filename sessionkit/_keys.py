@@ -40,6 +40,7 @@ from __future__ import annotations
 import binascii
 import functools
 import hashlib
+import re
 import secrets
 from typing import Final
 
@@ -50,7 +51,10 @@ TOKEN_CHARS: Final = 46  # base64url of 2 + 32 bytes, unpadded
 DIGEST_CHARS: Final = 22  # base64url of 16 bytes, unpadded
 SESSION_ID_CHARS: Final = 24  # base64url of the 2-byte bucket + a 16-byte token digest
 _B64URL: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_TOKEN_ALPHABET: Final = frozenset(_B64URL)
+#: A string of base64url characters only (an explicit class: ASCII alone).
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+#: SHA-256 with a token's domain prefix already hashed (copied per token).
+_TOKEN_HASH: Final = hashlib.sha256(b"sessionkit-token\0")
 #: Each base64url character's six bits (the first three characters of a
 #: token or session id hold its bucket's 16 bits).
 _SEXTET: Final = {c: i for i, c in enumerate(_B64URL)}
@@ -79,7 +83,7 @@ def _bucket_of(value: object, chars: int) -> int | None:
     (`chars` long, base64url), or None if `value` is not one."""
     if not isinstance(value, str) or len(value) != chars:
         return None
-    if not _TOKEN_ALPHABET.issuperset(value):
+    if _BASE64URL.fullmatch(value) is None:
         return None
     bucket = _head(value)
     return bucket if bucket < BUCKETS else None
@@ -99,8 +103,9 @@ def session_id(token: str) -> str:
     """The public, non-secret id of a well-formed token's session: the
     token's bucket and a digest of the token. It finds the session (in the
     user's hash slot) but cannot be turned back into a token."""
-    digest = hashlib.sha256(b"sessionkit-token\0" + token.encode("ascii")).digest()[:16]
-    return _b64(_head(token).to_bytes(2, "big") + digest)
+    h = _TOKEN_HASH.copy()
+    h.update(token.encode("ascii"))
+    return _b64(_head(token).to_bytes(2, "big") + h.digest()[:16])
 
 
 def session_id_bucket(value: object) -> int | None:

@@ -8,6 +8,7 @@ a failover or ``SCRIPT FLUSH``) gets it by EVAL, which also caches it there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import msgspec
 
 from sessionkit import _keys as keys
 from sessionkit._model import encode_groups
+from sessionkit._resp import Template, pack_script
 from sessionkit.defaults import MAX_GROUPS_PER_SESSION
 
 
@@ -113,7 +115,7 @@ class Scripts:
 # -- one call builder per script, beside its contract in the .lua file ------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     """What the scripts take from a store's settings."""
 
@@ -129,13 +131,27 @@ class Settings:
     #: that do not write).
     slide_interval_ms: int = 0
 
+    @functools.cached_property
+    def get_template(self) -> Template:
+        """`get`'s call with these settings' arguments packed once (it is
+        the most frequent call of all). Not a field: settings are data."""
+        fixed = (self.idle_timeout_ms, self.touch_interval_ms, self.slide_interval_ms)
+        return Template(Scripts.get.sha, 2, 4, fixed)
+
 
 class Call(NamedTuple):
-    """One script call: what `Transport.call` sends."""
+    """One script call as `Transport.call` sends it: the script (its
+    source goes instead if the server lost it), the key that routes the
+    call on a cluster, and the call packed (an EVALSHA)."""
 
     script: Script
-    keys: tuple[str, ...]
-    args: tuple[Any, ...]
+    key: str | None
+    payload: bytes
+
+
+def script_call(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> Call:
+    """A call of `script` with these keys and arguments."""
+    return Call(script, keys[0] if keys else None, pack_script(script.sha, keys, args))
 
 
 def _user_keys(s: Settings, bucket: int, digest: str) -> tuple[str, str, str]:
@@ -160,7 +176,7 @@ def _events(s: Settings, uid: str, groups: tuple[str, ...] | None = None) -> tup
 def create_call(
     s: Settings, uid: str, digest: str, bucket: int, sid: str, body: bytes, groups: tuple[str, ...]
 ) -> Call:
-    return Call(
+    return script_call(
         Scripts.create,
         (
             keys.session_key(s.prefix, bucket, sid),
@@ -184,21 +200,22 @@ def create_call(
 def get_call(s: Settings, bucket: int, sid: str, digest: str = "") -> Call:
     """A read by session id: of this user's session (`digest`), or of
     whoever's it is (no digest: resolve)."""
+    skey = keys.session_key(s.prefix, bucket, sid)
     return Call(
         Scripts.get,
-        (keys.session_key(s.prefix, bucket, sid), keys.user_prefix(s.prefix, bucket)),
-        (digest, sid, s.idle_timeout_ms, s.touch_interval_ms, s.slide_interval_ms),
+        skey,
+        s.get_template.pack(skey, keys.user_prefix(s.prefix, bucket), digest, sid),
     )
 
 
 def list_call(s: Settings, bucket: int, digest: str) -> Call:
-    return Call(
+    return script_call(
         Scripts.list, (*_user_keys(s, bucket, digest), keys.user_prefix(s.prefix, bucket)), ()
     )
 
 
 def delete_call(s: Settings, uid: str, digest: str, bucket: int, sid: str) -> Call:
-    return Call(
+    return script_call(
         Scripts.delete,
         (
             keys.session_key(s.prefix, bucket, sid),
@@ -210,7 +227,7 @@ def delete_call(s: Settings, uid: str, digest: str, bucket: int, sid: str) -> Ca
 
 
 def delete_all_call(s: Settings, uid: str, digest: str, bucket: int, keep: str) -> Call:
-    return Call(
+    return script_call(
         Scripts.delete_all,
         (
             *_user_keys(s, bucket, digest),
@@ -224,7 +241,7 @@ def delete_all_call(s: Settings, uid: str, digest: str, bucket: int, keep: str) 
 def groups_call(
     s: Settings, mode: str, uid: str, digest: str, bucket: int, groups: tuple[str, ...]
 ) -> Call:
-    return Call(
+    return script_call(
         Scripts.groups,
         (*_user_keys(s, bucket, digest), keys.events_key(s.prefix, bucket)),
         (mode, MAX_GROUPS_PER_SESSION, *_events(s, uid, groups), *groups),

@@ -36,21 +36,18 @@ import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import anyio
-import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from sessionkit import _redispy
-from sessionkit._scripts import Script
+from sessionkit._resp import as_eval, pack, pack_script
+from sessionkit._scripts import Call, Script
 from sessionkit.errors import BackendError, BackendTimeout, BackendUnavailable, SessionKitError
-
-#: hiredis's RESP packer, in C (its stub types the argument as a 1-tuple).
-_pack_command: Final = cast("Callable[[tuple[Any, ...]], bytes]", hiredis.pack_command)
 
 #: Most commands written in one batch.
 MAX_BATCH: Final = 512
@@ -76,25 +73,6 @@ MAX_BOUNCE_PAUSE: Final = 0.25
 #: pause: about two seconds in all, beyond the store's `retries`.
 TOPOLOGY_TRIES: Final = 8
 TOPOLOGY_PAUSE: Final = 0.05
-
-
-# -- packing --------------------------------------------------------------
-
-
-def pack(*parts: str | bytes | int) -> bytes:
-    """One command in RESP (str, bytes or int arguments), byte for byte as
-    redis-py packs it: hiredis's packer, in C (a bool or None is refused)."""
-    return _pack_command(parts)
-
-
-def pack_script(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:
-    """EVALSHA of `script` (the hot path of every store call)."""
-    return _pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-
-
-def pack_eval(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes:
-    """EVAL of `script`'s source: runs it and caches it on the server."""
-    return pack("EVAL", script.source, len(keys), *keys, *args)
 
 
 # -- the error table ------------------------------------------------------
@@ -536,15 +514,10 @@ class Transport:
 
     # -- the public face --------------------------------------------------
 
-    async def call(self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """Run `script` (one EVALSHA, EVAL if the server lost it): its reply,
+    async def call(self, call: Call) -> Any:
+        """Run a script (one EVALSHA, EVAL if the server lost it): its reply,
         or our typed error after the retries this fault allows."""
-        return await self._retrying(
-            script.name,
-            keys[0] if keys else None,
-            pack_script(script, keys, args),
-            lambda: pack_eval(script, keys, args),
-        )
+        return await self._retrying(call.script.name, call.key, call.payload, call.script)
 
     async def command(self, operation: str, key: str | None, *parts: str | bytes | int) -> Any:
         """One plain command (safe to repeat), routed by `key` on a cluster."""
@@ -651,9 +624,11 @@ class Transport:
     async def on_node(self, operation: str, node: ClusterNode, script: Script, *args: Any) -> Any:
         """Run a keyless script on one cluster node (the event reader's)."""
         source = _NodeConnections(node)
-        reply = (await _exchange(source, (_Call(pack_script(script, (), args)),)))[0]
+        payload = pack_script(script.sha, (), args)
+        reply = (await _exchange(source, (_Call(payload),)))[0]
         if isinstance(reply, rx.NoScriptError):
-            reply = (await _exchange(source, (_Call(pack_eval(script, (), args)),)))[0]
+            payload = as_eval(payload, script.sha, script.source)
+            reply = (await _exchange(source, (_Call(payload),)))[0]
         if isinstance(reply, BaseException):
             raise reply
         return reply
@@ -689,13 +664,13 @@ class Transport:
         operation: str,
         key: str | None,
         payload: bytes,
-        source: Callable[[], bytes] | None,
+        script: Script | None,
         *,
         refusals: bool = False,
     ) -> Any:
         """Send one call until it gets a reply or the retry policy gives up;
         with `refusals`, the server's refusal is returned, not raised. An
-        EVALSHA the server does not know goes again as `source()` (its EVAL)."""
+        EVALSHA of `script` the server does not know goes again as its EVAL."""
         attempts: _Attempts | None = None  # made on the first fault only
         ask: tuple[str, int] | None = None
         while True:
@@ -710,9 +685,9 @@ class Transport:
                 return reply
             if classify(reply) is None:
                 raise reply
-            if isinstance(reply, rx.NoScriptError) and source is not None:
-                payload = source()
-                source = None  # EVAL caches it; a second NOSCRIPT is a refusal
+            if isinstance(reply, rx.NoScriptError) and script is not None:
+                payload = as_eval(payload, script.sha, script.source)
+                script = None  # EVAL caches it; a second NOSCRIPT is a refusal
                 continue
             if refusals and classify(reply) is Fault.REFUSED:
                 return reply

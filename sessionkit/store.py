@@ -327,7 +327,7 @@ class SessionStore:
     ) -> Session:
         sid = keys.session_id(token)
         call = scripts.create_call(self.settings, uid, digest, bucket, sid, body, groups)
-        reply = await self.transport.call(*call)
+        reply = await self.transport.call(call)
         if self.metrics is not None:
             self.metrics.sessions_created()
             self.metrics.sessions_deleted("evicted", len(reply) - 2)
@@ -361,7 +361,7 @@ class SessionStore:
         sid = keys.session_id(token)
         near = self._near if cached else None
         ticket = near.ticket() if near is not None else None
-        raw = await self.transport.call(*scripts.get_call(self.settings, bucket, sid, digest))
+        raw = await self.transport.call(scripts.get_call(self.settings, bucket, sid, digest))
         if not raw:
             return None
         session = decode_session(raw[0], raw[1], sid, token, self.idle_timeout_ms)
@@ -381,7 +381,7 @@ class SessionStore:
         """Every live session of `user_id`, oldest first, without tokens."""
         uid = validate.user_id(user_id)
         digest, bucket = keys.user_digest(uid)
-        reply = await self.transport.call(*scripts.list_call(self.settings, bucket, digest))
+        reply = await self.transport.call(scripts.list_call(self.settings, bucket, digest))
         sessions = [
             decode_session(value, entry, sid, None, self.idle_timeout_ms)
             for sid, value, entry in unpack_listing(reply)
@@ -438,7 +438,7 @@ class SessionStore:
 
     async def _delete(self, uid: str, digest: str, bucket: int, sid: str) -> int:
         """1: deleted; 0: no such session; -1: the session is another user's."""
-        n = await self.transport.call(*scripts.delete_call(self.settings, uid, digest, bucket, sid))
+        n = await self.transport.call(scripts.delete_call(self.settings, uid, digest, bucket, sid))
         if self.metrics is not None:
             self.metrics.sessions_deleted("deleted", int(n == 1))
         return int(n)
@@ -458,7 +458,7 @@ class SessionStore:
         elif except_id is not None and keys.session_id_bucket(except_id) == bucket:
             keep = except_id
         reply = await self.transport.call(
-            *scripts.delete_all_call(self.settings, uid, digest, bucket, keep)
+            scripts.delete_all_call(self.settings, uid, digest, bucket, keep)
         )
         if self.metrics is not None:
             self.metrics.sessions_deleted("all_deleted", int(reply[0]))
@@ -483,7 +483,7 @@ class SessionStore:
             return 0
         digest, bucket = keys.user_digest(uid)
         reply = await self.transport.call(
-            *scripts.groups_call(self.settings, mode, uid, digest, bucket, wanted)
+            scripts.groups_call(self.settings, mode, uid, digest, bucket, wanted)
         )
         changed = int(reply[0])
         if changed < 0:

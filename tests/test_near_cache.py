@@ -243,7 +243,7 @@ async def test_a_read_that_raced_with_its_invalidation_is_not_kept(
     assert ticket is not None
     bucket = keys.token_bucket(token)
     assert bucket is not None
-    old = await reader.transport.call(*get_call(reader.settings, bucket, s.id))
+    old = await reader.transport.call(get_call(reader.settings, bucket, s.id))
     await invalidated_after(reader, other.remove_groups("alice", "admin"))
     stale = decode_session(old[0], old[1], s.id, token, 0)
     assert stale.access_groups == ["admin", "x"]

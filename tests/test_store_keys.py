@@ -4,12 +4,13 @@ no token in the clear, tokens that say nothing about their user."""
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from redis.crc import key_slot
 
 from sessionkit import SessionStore
-from sessionkit._keys import user_digest
+from sessionkit._keys import new_token, session_id, token_bucket, user_digest
 from tests.conftest import Backend
 
 HOSTILE_IDS = [
@@ -125,6 +126,29 @@ async def test_tokens_are_random_and_reveal_nothing_readable(store: SessionStore
         assert set(t) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     # Apart from the bucket, no two tokens of one user share a prefix.
     assert len({t[3:8] for t in tokens if t}) == 20
+
+
+def test_a_session_id_is_the_bucket_and_a_digest_of_the_token() -> None:
+    token = new_token(700)
+    digest = hashlib.sha256(b"sessionkit-token\0" + token.encode()).digest()[:16]
+    expected = base64.urlsafe_b64encode((700).to_bytes(2, "big") + digest).decode()
+    assert session_id(token) == expected.rstrip("=")
+    assert token_bucket(token) == 700
+
+
+@pytest.mark.parametrize("bad", ["+", "/", "=", " ", "\n", "é", "\u0663", "\uff21", "\x00"])
+async def test_a_token_with_any_character_outside_base64url_is_nobody_s(
+    store: SessionStore, bad: str
+) -> None:
+    made = await store.create("alice")
+    assert made.token is not None
+    for at in (0, 20, len(made.token) - 1):  # same length, one character off
+        forged = made.token[:at] + bad + made.token[at + 1 :]
+        assert token_bucket(forged) is None
+        assert await store.resolve(forged) is None
+        assert await store.get("alice", forged) is None
+    assert token_bucket(made.token + "\n") is None  # a trailing newline is no end
+    assert await store.resolve(made.token) is not None
 
 
 async def test_tokens_from_another_prefix_never_resolve(backend: Backend, prefix: str) -> None:

@@ -119,18 +119,3 @@ async def test_a_server_that_dies_fails_the_whole_batch_cleanly() -> None:
     finally:
         await store.aclose()
         server.stop()
-
-
-def test_hand_packed_calls_match_redis_py_byte_for_byte() -> None:
-    from redis.asyncio.connection import Connection
-
-    from sessionkit._scripts import Scripts
-    from sessionkit._transport import pack_script as pack_evalsha
-
-    keys_ = ("sk:{0001}:s:abc", "sk:{0001}:")
-    args = ("", "é ünïcode", 0, 60_000, b"\x00raw\r\n", -5)
-    theirs = b"".join(Connection().pack_command("EVALSHA", Scripts.get.sha, 2, *keys_, *args))
-    assert pack_evalsha(Scripts.get, keys_, args) == theirs
-    for wrong in (None, True):  # what redis-py would not send either
-        with pytest.raises(TypeError):
-            pack_evalsha(Scripts.get, keys_, (wrong,))

@@ -24,10 +24,11 @@ from sessionkit import (
     Session,
     SessionStore,
     _redispy,
+    _resp,
     _transport,
 )
 from sessionkit import _keys as keys
-from sessionkit._scripts import Scripts
+from sessionkit._scripts import Scripts, script_call
 from sessionkit.events import EventConsumer
 from sessionkit.server import EmbeddedCluster
 
@@ -62,7 +63,7 @@ def _split(payload: bytes) -> list[list[bytes]]:
     while payload:
         parts = _transport._decode(payload)
         out.append(parts)
-        payload = payload[len(_transport.pack(*parts)) :]
+        payload = payload[len(_resp.pack(*parts)) :]
     return out
 
 
@@ -108,7 +109,7 @@ async def test_a_programming_error_reaches_the_caller_as_it_is(
 ) -> None:
     async with SessionStore.from_url(server_url, prefix=prefix) as store:
         with pytest.raises(TypeError):
-            await store.transport.call(Scripts.get, ("k", "p"), ("", "x", None, 0))
+            await store.transport.call(script_call(Scripts.get, ("k", "p"), ("", "x", None, 0)))
 
 
 @pytest.mark.server
@@ -464,7 +465,7 @@ async def test_a_batch_that_gets_no_connection_fails_alone(server_url: str, pref
             await real.put(conn)
 
     n = _transport.MAX_BATCH + 88
-    payloads = [(f"{prefix}:k", _transport.pack("GET", f"{prefix}:k"))] * n
+    payloads = [(f"{prefix}:k", _resp.pack("GET", f"{prefix}:k"))] * n
     try:
         replies = await _transport._exchange_all(SecondGetFails(), payloads)
     finally:
