@@ -13,7 +13,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import msgspec
 
@@ -139,10 +139,12 @@ class Settings:
         return Template(Scripts.get.sha, 2, 4, fixed)
 
 
-class Call(NamedTuple):
+class Call(msgspec.Struct, frozen=True, gc=False):
     """One script call as `Transport.call` sends it: the script (its
     source goes instead if the server lost it), the key that routes the
-    call on a cluster, and the call packed (an EVALSHA)."""
+    call on a cluster, and the call packed (an EVALSHA). A msgspec struct:
+    made in C, a third of a named tuple's cost, on every call's path (it
+    holds no container, so it stays out of the garbage collector)."""
 
     script: Script
     key: str | None
