@@ -33,6 +33,7 @@ import asyncio
 import builtins
 import contextlib
 import enum
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -150,6 +151,26 @@ class _Lost(rx.ConnectionError):
     """The connection failed under a batch in a way redis-py did not type
     (it was closed by a topology reload, say): the batch's unread calls are
     treated as on a broken connection."""
+
+
+# -- routing --------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag_slot(tag: str) -> int:
+    return key_slot(tag.encode())
+
+
+def slot_of(key: str) -> int:
+    """The cluster slot of `key`, as the server computes it. Every key of
+    sessionkit carries a hash tag, one of 1,024: its slot is looked up, not
+    computed again on every call."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return _tag_slot(key[start + 1 : end])
+    return key_slot(key.encode())
 
 
 # -- calls and lanes ------------------------------------------------------
@@ -601,7 +622,7 @@ class Transport:
         by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
         for i, (key, _) in enumerate(payloads):
             try:
-                node = _redispy.node_for_slot(self.client, key_slot(key.encode()))
+                node = _redispy.node_for_slot(self.client, slot_of(key))
             except rx.RedisClusterException as exc:  # no node serves it now
                 out[i] = exc
                 continue
@@ -749,7 +770,8 @@ class Transport:
             return await _send_on(*self._single, payload, batching=self._batching)
         if not self.cluster:
             return await self._send_plain(payload)
-        await self.ready()
+        if not self._ready:
+            await self.ready()
         if ask is not None:
             node = _redispy.node_at(self.client, *ask)
             if node is None:
@@ -758,7 +780,7 @@ class Transport:
                 _NodeConnections(node), (_Call(pack("ASKING")), _Call(payload))
             )
             return replies[1]
-        node = _redispy.node_for_slot(self.client, key_slot(key.encode()) if key else 0)
+        node = _redispy.node_for_slot(self.client, slot_of(key) if key else 0)
         lane = self._nodes.get(node.name)
         if lane is None or lane[1].node is not node:
             lane = self._nodes[node.name] = (_Lane(), _NodeConnections(node))

@@ -67,6 +67,15 @@ def _split(payload: bytes) -> list[list[bytes]]:
     return out
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["sk:{007b}:s:abc", "{a}{b}", "a{}b", "{}", "{", "}{a}", "{{a}", "no tag", "ü{ü}", "x{y"],
+)
+def test_a_key_is_routed_to_the_slot_the_server_gives_it(key: str) -> None:
+    assert _transport.slot_of(key) == key_slot(key.encode())
+    assert _transport.slot_of(key) == key_slot(key.encode())  # looked up the second time
+
+
 def test_the_redis_py_internals_the_transport_uses_are_there() -> None:
     _redispy.check()
 
