@@ -56,6 +56,8 @@ def groups(value: object, what: str = "groups") -> tuple[str, ...]:
     items: Iterable[object]
     if isinstance(value, str):
         items = (value,)
+    elif type(value) is list or type(value) is tuple:  # the common case, without ABC checks
+        items = value
     elif isinstance(value, (bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
         raise ValidationError(
             f"{what} must be a text or a list of texts, got {type(value).__name__}",
