@@ -31,6 +31,21 @@ def pack_script(sha: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes
     return _pack_command(("EVALSHA", sha, len(keys), *keys, *args))
 
 
+def unpack(payload: bytes) -> list[bytes]:
+    """The parts of one packed command, `pack` undone (for clients without
+    a raw write, which take a command as its parts)."""
+    parts: list[bytes] = []
+    count_end = payload.index(b"\r\n")
+    pos = count_end + 2
+    for _ in range(int(payload[1:count_end])):
+        size_end = payload.index(b"\r\n", pos)
+        size = int(payload[pos + 1 : size_end])
+        start = size_end + 2
+        parts.append(payload[start : start + size])
+        pos = start + size + 2
+    return parts
+
+
 def _array_header(n: int) -> bytes:
     return b"*%d\r\n" % n
 

@@ -46,7 +46,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from sessionkit import _redispy
-from sessionkit._resp import as_eval, pack, pack_script
+from sessionkit._resp import as_eval, pack, pack_script, unpack
 from sessionkit._scripts import Call, Script
 from sessionkit.errors import BackendError, BackendTimeout, BackendUnavailable, SessionKitError
 
@@ -789,7 +789,7 @@ class Transport:
     async def _send_plain(self, payload: bytes) -> Any:
         """A client that is not redis-py's own (fakeredis) or with batching
         off: the command through the client's public API."""
-        name, *args = _decode(payload)
+        name, *args = unpack(payload)
         try:
             return await self.client.execute_command(name.decode(), *args)
         except rx.ResponseError as exc:
@@ -844,17 +844,3 @@ class _Attempts:
             await t.reload()
             return True
         return False
-
-
-def _decode(payload: bytes) -> list[bytes]:
-    """The parts of one packed command (for clients without a raw write)."""
-    parts: list[bytes] = []
-    count_end = payload.index(b"\r\n")
-    pos = count_end + 2
-    for _ in range(int(payload[1:count_end])):
-        size_end = payload.index(b"\r\n", pos)
-        size = int(payload[pos + 1 : size_end])
-        start = size_end + 2
-        parts.append(payload[start : start + size])
-        pos = start + size + 2
-    return parts

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import Connection
 
-from sessionkit._resp import Template, as_eval, pack_script
+from sessionkit._resp import Template, as_eval, pack, pack_script, unpack
 from sessionkit._scripts import Scripts, Settings, get_call
 
 KEYS = ("sk:{0001}:s:abc", "sk:{0001}:")
@@ -65,3 +65,15 @@ def test_an_evalsha_turned_into_an_eval_keeps_its_keys_and_arguments(
     )
     with pytest.raises(ValueError):  # another script's call
         as_eval(evalsha, Scripts.create.sha, Scripts.create.source)
+
+
+def test_a_packed_command_unpacks_into_its_parts() -> None:
+    parts = ("EVALSHA", "é ünïcode", "", b"\x00raw\r\n", 60_000, -5)
+    assert unpack(pack(*parts)) == [
+        b"EVALSHA",
+        "é ünïcode".encode(),
+        b"",
+        b"\x00raw\r\n",
+        b"60000",
+        b"-5",
+    ]

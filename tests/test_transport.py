@@ -61,7 +61,7 @@ def _split(payload: bytes) -> list[list[bytes]]:
     """The commands in a packed buffer."""
     out = []
     while payload:
-        parts = _transport._decode(payload)
+        parts = _resp.unpack(payload)
         out.append(parts)
         payload = payload[len(_resp.pack(*parts)) :]
     return out
