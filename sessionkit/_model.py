@@ -155,6 +155,18 @@ def decode_session(
     )
 
 
+def split_reply(reply: bytes | str) -> tuple[bytes, bytes]:
+    """The stored value and the groups entry of a session as get.lua and
+    create.lua return them, in one string: the entry starts at the first NUL
+    (the value's header and its JSON body hold none)."""
+    if isinstance(reply, str):
+        reply = reply.encode("utf-8")
+    at = reply.find(b"\0", BODY)
+    if at < 0:
+        raise BackendError("a session reply without its groups entry", details={})
+    return reply[:at], reply[at:]
+
+
 def unpack_listing(reply: list[Any]) -> Iterator[tuple[str, bytes, bytes]]:
     """(session id, value, groups entry) of each session in the list
     script's reply: the user's groups hash as (id, entry) pairs, then the

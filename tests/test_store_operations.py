@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -118,6 +119,8 @@ class StoreContract:
         s = await store.create("alice", data=data)
         got = await store.get("alice", s.token or "")
         assert got is not None and got.data == data
+        resolved = await store.resolve(s.token or "")
+        assert resolved is not None and resolved.data == data
         await store.add_groups("alice", "g")
         after = await store.list("alice")
         assert after[0].data == data
@@ -204,6 +207,25 @@ async def test_max_sessions_per_user_evicts_the_oldest(make_store: StoreFactory)
     other = make_store(max_sessions_per_user=2)
     await other.create("bob")
     assert len(await other.list("alice")) == 2
+
+
+async def test_a_session_s_times_are_one_reading_of_the_server_clock(store: SessionStore) -> None:
+    """Creation time to the microsecond, expiry and last-active to the
+    millisecond, all from one reading: last-active is creation time cut to
+    its millisecond, whatever the clock's microseconds. Creates until some
+    fall in the first 100 ms of a second (the server's microseconds then
+    have fewer than six digits), for at most three seconds."""
+    short = 0
+    deadline = time.monotonic() + 3
+    while short < 3:
+        assert time.monotonic() < deadline, "no session made in the first 100 ms of a second"
+        s = await store.create("alice")
+        ms = s.created_at.replace(microsecond=s.created_at.microsecond // 1000 * 1000)
+        assert s.last_active_at == ms
+        assert s.expires_at == ms + timedelta(days=14)
+        got = await store.resolve(s.token or "")
+        assert got is not None and got.created_at == s.created_at
+        short += s.created_at.microsecond < 100_000
 
 
 async def test_lifetime_option_accepts_timedelta(make_store: StoreFactory) -> None:

@@ -13,21 +13,22 @@
 -- ARGV[10] the session's groups entry, as the groups hash holds it (see
 --          _lib.lua; the caller joins the distinct groups, at most the
 --          per-session cap)
--- Returns {value, groups entry, evicted id, ...}. A retried create (same
--- token) returns the session the first attempt made and changes nothing.
+-- Returns the value followed by its groups entry, as one string (as get.lua
+-- does, and for the same reason), or, if it evicted sessions, the table
+-- {value, groups entry, evicted id, ...}. A retried create (same token)
+-- returns the session the first attempt made and changes nothing.
 local skey, index, order, groups_key, key_prefix, stream =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id = ARGV[1]
-local now, now_us = clock()
-local expires = now + tonumber(ARGV[3])
-local idle = tonumber(ARGV[4])
-local dies = expires
-if idle > 0 and now + idle < expires then
-  dies = now + idle
+local now, created = clock()
+local expires = now + ARGV[3]
+local expires13 = ms13(expires)
+local at = expires13  -- when the key dies
+if ARGV[4] ~= '0' and now + ARGV[4] < expires then  -- an idle timeout, sooner
+  at = ms13(now + ARGV[4])
 end
-local at = ms13(dies)
-local created = string.format('%016d', now_us)
-local value = LAYOUT .. created .. ms13(expires) .. ms13(now) .. ARGV[2] .. ARGV[6]
+-- The ms of `now` are the first 13 of its 16 µs digits.
+local value = LAYOUT .. created .. expires13 .. string.sub(created, 1, 13) .. ARGV[2] .. ARGV[6]
 
 -- Written only if the token is new (NX); GET gives what a first attempt of
 -- a retried create wrote, and then nothing is written.
@@ -36,12 +37,12 @@ if existing then
   if not ours(existing) then
     return redis.error_reply('SESSIONKIT_LAYOUT a session of another layout holds this token')
   end
-  return {existing, redis.call('HGET', groups_key, id) or NO_GROUPS}
+  return existing .. (redis.call('HGET', groups_key, id) or NO_GROUPS)
 end
 
 -- Expired members only count toward the cap, so the index is pruned when
 -- the count reaches it: below the cap a create reads nothing more.
-local cap = tonumber(ARGV[5])
+local cap = ARGV[5] + 0
 local count = redis.call('ZCARD', index)
 local evicted = {}
 if count >= cap then
@@ -72,6 +73,9 @@ end
 emit(stream, ARGV[7], 'evicted', ARGV[8], evicted, '[]')
 emit(stream, ARGV[7], 'created', ARGV[8], {id}, ARGV[9])
 
+if #evicted == 0 then
+  return value .. groups
+end
 local out = {value, groups}
 for _, old in ipairs(evicted) do
   out[#out + 1] = old

@@ -9,7 +9,10 @@
 -- ARGV[4] touch interval ms
 -- ARGV[5] with an idle timeout, slide it only if the last slide is at least
 --         this many ms old (0: on every read)
--- Returns {value, groups entry}, or false (also for a value of another layout).
+-- Returns the value followed by its groups entry, as one string (the first
+-- NUL starts the entry: the value holds none), or false (also for a value
+-- of another layout). One string, not a table: the server converts a
+-- table reply field by field, a tenth of what this script cost it.
 -- The most frequent call of all: it calls no helper (each one would cost
 -- every call a closure) and does on the common path only what a read needs.
 local skey = KEYS[1]
@@ -22,18 +25,21 @@ if ARGV[1] ~= '' and digest ~= ARGV[1] then
   return false
 end
 local groups = redis.call('HGET', KEYS[2] .. 'g:' .. digest, ARGV[2]) or NO_GROUPS
+-- Arithmetic converts the numbers held in strings, once each; tonumber
+-- would parse each one twice (Lua 5.1), the dearest step of a read.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local since = now - tonumber(string.sub(v, LAST_ACTIVE_AT, LAST_ACTIVE_AT + 12))
-local idle = tonumber(ARGV[3])
-if idle > 0 then
-  if since < tonumber(ARGV[5]) then
-    return {v, groups}
-  end
-  local dies = math.min(tonumber(string.sub(v, EXPIRES_AT, EXPIRES_AT + 12)), now + idle)
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local since = now - string.sub(v, LAST_ACTIVE_AT, LAST_ACTIVE_AT + 12)
+local idle = ARGV[3] ~= '0'
+if idle and since < ARGV[5] + 0 or not idle and since < ARGV[4] + 0 then
+  return v .. groups  -- nothing to write
+end
+local now13 = string.format('%013d', now)
+redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, now13)
+if idle then
+  local dies = math.min(string.sub(v, EXPIRES_AT, EXPIRES_AT + 12) + 0, now + ARGV[3])
   local at = string.format('%013d', dies)
   local index = KEYS[2] .. 'u:' .. digest
-  redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, string.format('%013d', now))
   redis.call('PEXPIREAT', skey, at)
   redis.call('ZADD', index, 'XX', at, ARGV[2])
   -- The user's keys live as long as the user's longest-lived session.
@@ -43,10 +49,5 @@ if idle > 0 then
     redis.call('PEXPIREAT', KEYS[2] .. 'c:' .. digest, top)
     redis.call('PEXPIREAT', KEYS[2] .. 'g:' .. digest, top)
   end
-elseif since >= tonumber(ARGV[4]) then
-  redis.call('SETRANGE', skey, LAST_ACTIVE_AT - 1, string.format('%013d', now))
-else
-  return {v, groups}
 end
-return {string.sub(v, 1, LAST_ACTIVE_AT - 1) .. string.format('%013d', now)
-  .. string.sub(v, LAST_ACTIVE_AT + 13), groups}
+return string.sub(v, 1, LAST_ACTIVE_AT - 1) .. now13 .. string.sub(v, LAST_ACTIVE_AT + 13) .. groups

@@ -13,7 +13,7 @@
 local FIRST = 6
 local index, order, groups_key, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local adding = ARGV[1] == 'add'
-local most = tonumber(ARGV[2])
+local most = ARGV[2] + 0
 local wanted, needles = {}, {}
 for i = FIRST, #ARGV do
   wanted[#wanted + 1] = ARGV[i]
