@@ -123,25 +123,38 @@ def _times(header: bytes) -> tuple[datetime, datetime, datetime]:
 
 
 def decode_session(
-    raw: bytes | str, groups_entry: bytes | str, sid: str, token: str | None, idle_timeout_ms: int
+    raw: bytes | str,
+    groups_entry: bytes | str | None,
+    sid: str,
+    token: str | None,
+    idle_timeout_ms: int,
 ) -> Session:
     """Build a `Session` from its stored value and its entry in the user's
-    groups hash (the scripts return only values of this layout)."""
+    groups hash (the scripts return only values of this layout). Without
+    `groups_entry`, `raw` is the one string get.lua and create.lua reply:
+    the value, then its entry from the first NUL (a value's header and JSON
+    body hold none); the two are read where they lie, not split first."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
-    if isinstance(groups_entry, str):
-        groups_entry = groups_entry.encode("utf-8")
     if raw[0] != LAYOUT:
         raise BackendError(
             f"a stored session of layout {raw[0]}; this sessionkit reads layout {LAYOUT}",
             details={"layout": raw[0]},
         )
+    if groups_entry is None:
+        end = raw.find(b"\0", BODY)
+        if end < 0:
+            raise BackendError("a session read without its groups entry", details={})
+        entry = raw[end:]
+    else:
+        end = len(raw)
+        entry = groups_entry.encode("utf-8") if isinstance(groups_entry, str) else groups_entry
     created, expires, last = _times(raw[CREATED_AT:DIGEST])
     if idle_timeout_ms:
         expires = min(expires, last + timedelta(milliseconds=idle_timeout_ms))
-    body = _body_decoder.decode(raw[BODY:])
+    body = _body_decoder.decode(raw[BODY:end])
     # "\0g1\0g2\0": each group between NULs.
-    groups = groups_entry[1:-1].decode("utf-8").split("\0") if len(groups_entry) > 1 else []
+    groups = entry[1:-1].decode("utf-8").split("\0") if len(entry) > 1 else []
     return Session(
         id=sid,
         user_id=body.u,
@@ -153,18 +166,6 @@ def decode_session(
         user_agent=parse_user_agent(body.a) if body.a is not None else None,
         data=body.d,
     )
-
-
-def split_reply(reply: bytes | str) -> tuple[bytes, bytes]:
-    """The stored value and the groups entry of a session as get.lua and
-    create.lua return them, in one string: the entry starts at the first NUL
-    (the value's header and its JSON body hold none)."""
-    if isinstance(reply, str):
-        reply = reply.encode("utf-8")
-    at = reply.find(b"\0", BODY)
-    if at < 0:
-        raise BackendError("a session reply without its groups entry", details={})
-    return reply[:at], reply[at:]
 
 
 def unpack_listing(reply: list[Any]) -> Iterator[tuple[str, bytes, bytes]]:

@@ -30,7 +30,7 @@ from sessionkit import _keys as keys
 from sessionkit import _redispy, _transport
 from sessionkit import _scripts as scripts
 from sessionkit import _validate as validate
-from sessionkit._model import Session, decode_session, encode_body, split_reply, unpack_listing
+from sessionkit._model import Session, decode_session, encode_body, unpack_listing
 from sessionkit._observe import Observer, TracerProvider
 from sessionkit._scripts import Scripts
 from sessionkit.defaults import (
@@ -330,8 +330,8 @@ class SessionStore:
         reply = await self.transport.call(call)
         if isinstance(reply, list):  # it evicted sessions: {value, entry, evicted, ...}
             value, entry, evicted = reply[0], reply[1], len(reply) - 2
-        else:
-            (value, entry), evicted = split_reply(reply), 0
+        else:  # the value, then its entry
+            value, entry, evicted = reply, None, 0
         if self.metrics is not None:
             self.metrics.sessions_created()
             self.metrics.sessions_deleted("evicted", evicted)
@@ -368,10 +368,9 @@ class SessionStore:
         raw = await self.transport.call(scripts.get_call(self.settings, bucket, sid, digest))
         if not raw:
             return None
-        value, entry = split_reply(raw)
-        session = decode_session(value, entry, sid, token, self.idle_timeout_ms)
+        session = decode_session(raw, None, sid, token, self.idle_timeout_ms)
         if near is not None and ticket is not None:
-            return near.keep(ticket, token, bucket, value, session)
+            return near.keep(ticket, token, bucket, raw, session)
         return session
 
     async def _touch(self, token: str) -> object:
