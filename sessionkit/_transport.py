@@ -7,13 +7,14 @@ The store's scripts and the event consumer's commands all go through one
   server, or on a cluster the node that serves its slot) is written at once,
   on the calling task. Calls that overlap are queued; the first queued
   caller leads: it waits one loop tick for the calls of the same tick (and,
-  under load, until fewer than `MAX_IN_FLIGHT` exchanges are out on the
-  lane, so batches grow with the load), writes them all in one buffer on
-  one pooled connection, and reads every reply out of hiredis in bulk. No
-  task and no coroutine per reply. When a slot is free and the queue holds
-  half the lane's calls (at least `FLUSH_AT`), the caller that filled it
-  sends it at once: the server then works on one batch while this process
-  handles the replies of the other, instead of the two taking turns.
+  under load, for a free slot on the lane: `MAX_IN_FLIGHT` exchanges out at
+  once on a server, one on a cluster node, so batches grow with the load),
+  writes them all in one buffer on one pooled connection, and reads every reply
+  out of hiredis in bulk. No task and no coroutine per reply. When a slot
+  is free and the queue holds half the lane's calls (at least `FLUSH_AT`),
+  the caller that filled it sends it at once: the server then works on one
+  batch while this process handles the replies of the other, instead of
+  the two taking turns.
 * **Errors.** One table, `classify`, says what each redis-py exception means
   (a broken connection, a slot move, a timeout, a refusal, a lost script)
   and `error` turns it into ours.
@@ -53,8 +54,10 @@ from sessionkit.errors import BackendError, BackendTimeout, BackendUnavailable, 
 #: Most commands written in one batch.
 MAX_BATCH: Final = 512
 
-#: Exchanges in flight at once on one lane (server or cluster node): one
-#: being read while the next is written.
+#: Exchanges in flight at once on one server's lane: one being read while
+#: the next is written. A cluster node's lane has one: the process's other
+#: lanes keep it busy meanwhile, and each node's batches are then twice as
+#: large (a write, a system call, is the dearest step of a call).
 MAX_IN_FLIGHT: Final = 2
 
 #: The fewest queued calls that go out before the end of the loop tick
@@ -188,10 +191,12 @@ class _Lane:
     """One server, or one cluster node: its queue of overlapping calls, the
     count of exchanges in flight on it, and the leader waiting to send."""
 
-    __slots__ = ("busy", "calls", "queue", "waiters")
+    __slots__ = ("busy", "calls", "most", "queue", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, most: int = MAX_IN_FLIGHT) -> None:
         self.busy = 0
+        #: Exchanges in flight at once, at most.
+        self.most = most
         #: Calls queued or in a batch in flight (the lane's concurrency).
         self.calls = 0
         self.queue: list[_Call] = []
@@ -447,7 +452,7 @@ async def _send_on(
     try:
         if len(queue) == 1:
             await _lead(lane, source)
-        elif len(queue) >= max(FLUSH_AT, lane.calls >> 1) and lane.busy < MAX_IN_FLIGHT:
+        elif len(queue) >= max(FLUSH_AT, lane.calls >> 1) and lane.busy < lane.most:
             # Half the calls out on the lane and a free slot: out now, on
             # this task, while the rest of this tick's callers are still
             # coming, so the server works while this process does.
@@ -470,7 +475,7 @@ async def _lead(lane: _Lane, source: _Connections) -> None:
     mine = lane.queue
     try:
         await asyncio.sleep(0)  # the other calls of this tick join the batch
-        while lane.busy >= MAX_IN_FLIGHT and lane.queue is mine:
+        while lane.busy >= lane.most and lane.queue is mine:
             waiter = asyncio.get_running_loop().create_future()
             lane.waiters.append(waiter)
             await waiter
@@ -783,7 +788,7 @@ class Transport:
         node = _redispy.node_for_slot(self.client, slot_of(key) if key else 0)
         lane = self._nodes.get(node.name)
         if lane is None or lane[1].node is not node:
-            lane = self._nodes[node.name] = (_Lane(), _NodeConnections(node))
+            lane = self._nodes[node.name] = (_Lane(1), _NodeConnections(node))
         return await _send_on(*lane, payload, batching=self._batching)
 
     async def _send_plain(self, payload: bytes) -> Any:

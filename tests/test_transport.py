@@ -330,6 +330,58 @@ async def test_a_cluster_gets_one_batch_per_node(
             assert all(owner[key_slot(cmd[3])] == port for cmd in cmds)
 
 
+class InFlight:
+    """The most exchanges out at once on each lane's connection source."""
+
+    def __init__(self) -> None:
+        self.now: dict[int, int] = {}
+        self.most: dict[int, int] = {}
+
+
+@pytest.fixture
+def in_flight(monkeypatch: pytest.MonkeyPatch) -> InFlight:
+    seen = InFlight()
+    real = _transport._exchange
+
+    async def counting(source: Any, calls: Any) -> list[Any]:
+        lane = id(source)
+        seen.now[lane] = seen.now.get(lane, 0) + 1
+        seen.most[lane] = max(seen.most.get(lane, 0), seen.now[lane])
+        try:
+            return await real(source, calls)
+        finally:
+            seen.now[lane] -= 1
+
+    monkeypatch.setattr(_transport, "_exchange", counting)
+    return seen
+
+
+@pytest.mark.server
+async def test_a_server_has_two_exchanges_in_flight_under_load(
+    server_url: str, prefix: str, in_flight: InFlight
+) -> None:
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        made = [await store.create(f"u{i}") for i in range(300)]
+        in_flight.most.clear()
+        got = await asyncio.gather(*(store.resolve(s.token or "") for s in made))
+        assert [g.id if g else None for g in got] == [s.id for s in made]
+        assert list(in_flight.most.values()) == [_transport.MAX_IN_FLIGHT]
+
+
+@pytest.mark.cluster
+async def test_a_cluster_node_has_one_exchange_in_flight(
+    own_cluster: EmbeddedCluster, prefix: str, in_flight: InFlight
+) -> None:
+    """The other nodes' lanes keep the process busy meanwhile, and each
+    node's batches are larger."""
+    async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
+        made = [await store.create(f"u{i}") for i in range(300)]
+        in_flight.most.clear()
+        got = await asyncio.gather(*(store.resolve(s.token or "") for s in made))
+        assert [g.id if g else None for g in got] == [s.id for s in made]
+        assert sorted(in_flight.most.values()) == [1, 1, 1]
+
+
 async def _node(cluster: EmbeddedCluster, port: int) -> aioredis.Redis:
     return aioredis.Redis(port=port, decode_responses=True)
 
