@@ -330,6 +330,24 @@ async def test_a_cluster_gets_one_batch_per_node(
             assert all(owner[key_slot(cmd[3])] == port for cmd in cmds)
 
 
+@pytest.mark.server
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # redis-py leaves the first loop's sockets
+def test_a_store_serves_one_event_loop_after_another(server_url: str, prefix: str) -> None:
+    """Queued calls are made on the loop they run on, even when the store
+    outlives the loop it was first used on."""
+    store = SessionStore.from_url(server_url, prefix=prefix)
+
+    async def overlapping(last: bool) -> list[Session | None]:
+        made = await store.create("alice")
+        got = await asyncio.gather(*(store.resolve(made.token or "") for _ in range(50)))
+        if last:
+            await store.aclose()
+        return got
+
+    for last in (False, True):
+        assert all(got is not None for got in asyncio.run(overlapping(last)))
+
+
 class InFlight:
     """The most exchanges out at once on each lane's connection source."""
 
