@@ -34,25 +34,31 @@ class Result:
     first_error: str | None = None
     setup_s: float = 0.0
     concurrency: int = 0
-    #: Server time per operation: INFO commandstats' usec summed over every
-    #: command (and every node), its change over the timed window / ops.
+    #: Server time per operation: the server's main-thread CPU time (INFO
+    #: cpu, user and system, summed over a cluster's primaries), its change
+    #: over the timed window / ops. Not INFO commandstats: it counts each
+    #: command a script (or MULTI) runs on its own as well as inside the
+    #: script's time, so a script's figure would hold its commands twice.
     server_us_per_op: float | None = None
 
 
 async def server_usec(client: Any) -> float | None:
-    """Microseconds the server(s) spent in commands so far (None if unknown)."""
+    """Microseconds of CPU the server(s) main thread used so far (None if
+    unknown)."""
     try:
         if isinstance(client, RedisCluster):
-            info = await client.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+            info = await client.info("cpu", target_nodes=RedisCluster.PRIMARIES)
         else:
-            info = await client.info("commandstats")
+            info = await client.info("cpu")
     except Exception:
         return None
-    # One server: {"cmdstat_get": {...}}; a cluster: {node: {"cmdstat_get": {...}}}.
-    single = any(str(k).startswith("cmdstat_") for k in info)
+    # One server: {"used_cpu_user": ...}; a cluster: {node: {"used_cpu_user": ...}}.
+    nodes = [info] if "used_cpu_user" in info else list(info.values())
     total = 0.0
-    for node in [info] if single else info.values():
-        total += sum(float(v["usec"]) for k, v in node.items() if str(k).startswith("cmdstat_"))
+    for node in nodes:
+        user = node.get("used_cpu_user_main_thread", node["used_cpu_user"])
+        system = node.get("used_cpu_sys_main_thread", node["used_cpu_sys"])
+        total += (float(user) + float(system)) * 1e6
     return total
 
 
