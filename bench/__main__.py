@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from bench import nearcache, report, sections
+from bench.floor import measure_floor
 from bench.impls import IMPLEMENTATIONS, UA, Impl, make_impls
 from bench.limits import measure_ceiling, measure_memory, measure_share
 from bench.runner import Result, run_scenario
@@ -292,6 +293,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
             ceiling["side_by_side"] = await measure_share(
                 url, resolve_impl.store, tokens, seconds, beside
+            )
+            console.print("each hot script against its commands alone…")
+            ceiling["floor"] = await measure_floor(
+                url, resolve_impl.store.settings, tokens, rounds=3 if args.quick else 5
             )
             memory = await _memory(args.quick, events, args.server_bin)
             console.print("measuring the worst case (one user at the session cap)…")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench import nearcache, worst_case
+from bench import floor, nearcache, worst_case
 from bench.impls import PEERS
 from bench.runner import Result
 
@@ -235,6 +235,8 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
             console.print(
                 f"sessionkit {r['scenario']}: {r['ratio']:.0%} of the {r['ceiling']} ceiling"
             )
+    for line in floor.lines(ceiling.get("floor") or {}):
+        console.print(line)
     for name, val in doc["memory"].items():
         if isinstance(val, dict):
             console.print(f"memory {name}: {val['bytes_per_session']:.0f} bytes per session")
@@ -289,6 +291,10 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"- {key}: {val['ops_per_s']:,.0f} ops/s "
                 f"({val['connections']} connections, depth {val['depth']})"
             )
+    floor_lines = floor.lines(doc["ceiling"].get("floor") or {})
+    if floor_lines:
+        lines += ["", "Each hot script against its commands alone (server time, EVALSHA):", ""]
+        lines += [f"- {line}" for line in floor_lines]
     lines += ["", "Server memory:", ""]
     for name, val in doc["memory"].items():
         if isinstance(val, dict):

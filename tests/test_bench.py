@@ -103,6 +103,9 @@ def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
     for op in ("resolve", "create"):  # the share measured beside the ceiling, in turns
         side = doc["ceiling"]["side_by_side"][op]
         assert side["ceiling_ops_per_s"] > 0 and side["ops_per_s"] > 0 and side["share"] > 0
+    for op in ("resolve", "create"):  # each hot script against its commands alone
+        floor = doc["ceiling"]["floor"][op]
+        assert floor["script_us"] > 0 and floor["floor_us"] > 0 and floor["ratio"] > 0
     assert doc["memory"]["sessionkit"]["bytes_per_session"] > 0
     for name in ("latest.json", "latest.md", "latest.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
@@ -135,6 +138,50 @@ async def test_group_scenarios_toggle_one_group_so_sessions_keep_their_size(
         for user in state["users"]:
             for session in await impl.store.list(user):
                 assert session.access_groups == ["member"]  # added, then removed again
+
+
+async def _command_calls(client: Any) -> dict[str, int]:
+    stats = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("op", ["resolve", "create"])
+async def test_a_floor_script_runs_exactly_the_commands_of_its_script(
+    server_url: str, prefix: str, op: str
+) -> None:
+    """What a hot script is measured against (`bench.floor`) is the same
+    Redis commands, as many of each, on a create below the cap with its
+    bucket's stream made (the common case the bench measures)."""
+    from bench.floor import _FLOORS, _usec_per_call
+    from bench.limits import _create_commands, _resolve_commands
+    from sessionkit import SessionStore
+
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        await store.load_scripts()
+        made = [await store.create(f"f{i}", ["member"]) for i in range(50)]
+        floor_sha = await store.client.script_load((_FLOORS / f"{op}.lua").read_text())
+
+        def calls() -> list[bytes]:
+            if op == "resolve":
+                return _resolve_commands(store.settings, [m.token or "" for m in made])
+            return _create_commands(store.settings, 50)  # fresh tokens
+
+        if op == "create":
+            await _usec_per_call(store.client, calls(), None)  # the users' streams made
+        ran = {}
+        for name, sha in (("script", None), ("floor", floor_sha)):
+            before = await _command_calls(store.client)
+            await _usec_per_call(store.client, calls(), sha)
+            after = await _command_calls(store.client)
+            ran[name] = {
+                cmd: n - before.get(cmd, 0)
+                for cmd, n in after.items()
+                if n != before.get(cmd, 0) and cmd not in ("info", "evalsha")
+            }
+        assert ran["script"] == ran["floor"]
+        assert ran["script"]  # it ran commands, 50 of each at least
+        assert all(n >= 50 for n in ran["script"].values())
 
 
 async def test_interleaved_runs_take_turns_in_rotating_order_and_sum_them() -> None:

@@ -1,0 +1,90 @@
+"""Each hot script's server time against the same Redis commands alone.
+
+A script's server time is its commands plus its own logic (and the
+server's work to call it); what the logic adds is the part a change to the
+script can remove. `measure_floor` replays the resolve and create calls the
+store makes, and the same calls to a script that runs only their commands
+(``bench/floors/*.lua``), alternately, pipelined, on one connection, and
+reads EVALSHA's time per call from INFO commandstats (nothing else runs
+meanwhile, and EVALSHA's time holds the commands it runs). The ratio is
+the figure to watch: the absolute times move with the host.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.limits import _create_commands, _resolve_commands
+from sessionkit import _resp
+from sessionkit._scripts import Settings
+
+_FLOORS = Path(__file__).parent / "floors"
+
+#: Calls sent at once.
+_DEPTH = 100
+
+
+async def _evalsha_usec(client: aioredis.Redis) -> tuple[int, float]:
+    stats = (await client.info("commandstats")).get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), float(stats.get("usec", 0))
+
+
+async def _usec_per_call(client: aioredis.Redis, payloads: list[bytes], sha: str | None) -> float:
+    """Server µs per EVALSHA of `payloads`, or of the same calls to the
+    script `sha`."""
+    calls0, usec0 = await _evalsha_usec(client)
+    for start in range(0, len(payloads), _DEPTH):
+        pipe = client.pipeline(transaction=False)
+        for payload in payloads[start : start + _DEPTH]:
+            parts = _resp.unpack(payload)
+            if sha is not None:
+                parts[1] = sha.encode()
+            pipe.execute_command(*parts)
+        await pipe.execute()
+    calls1, usec1 = await _evalsha_usec(client)
+    return (usec1 - usec0) / max(1, calls1 - calls0)
+
+
+async def measure_floor(
+    url: str, settings: Settings, tokens: list[str], *, rounds: int = 5, calls: int = 2000
+) -> dict[str, Any]:
+    """For resolve and create: server µs per call of the script and of its
+    commands alone (the median of `rounds` alternations of `calls` calls
+    each), and their ratio. `tokens` are live sessions to resolve."""
+    client = aioredis.Redis.from_url(url)
+    out: dict[str, Any] = {"method": "EVALSHA usec per call, INFO commandstats, pipelined"}
+    try:
+        for op in ("resolve", "create"):
+            floor_sha = await client.script_load((_FLOORS / f"{op}.lua").read_text("utf-8"))
+            mine: list[float] = []
+            floor: list[float] = []
+            for _ in range(rounds):
+                for sha, into in ((None, mine), (floor_sha, floor)):
+                    if op == "resolve":
+                        payloads = _resolve_commands(settings, tokens[:calls])
+                    else:  # fresh tokens each time: a create writes once
+                        payloads = _create_commands(settings, calls)
+                    into.append(await _usec_per_call(client, payloads, sha))
+            script_us, floor_us = statistics.median(mine), statistics.median(floor)
+            out[op] = {
+                "script_us": round(script_us, 2),
+                "floor_us": round(floor_us, 2),
+                "ratio": round(script_us / floor_us, 2),
+            }
+    finally:
+        await client.aclose()
+    return out
+
+
+def lines(floor: dict[str, Any]) -> list[str]:
+    """The report's lines for `measure_floor`'s figures."""
+    return [
+        f"{op}: {v['script_us']:.1f} µs of server time per call, its commands alone "
+        f"{v['floor_us']:.1f} µs ({v['ratio']:.2f}×)"
+        for op, v in floor.items()
+        if isinstance(v, dict)
+    ]
