@@ -35,7 +35,8 @@ async def _evalsha_usec(client: aioredis.Redis) -> tuple[int, float]:
 
 async def _usec_per_call(client: aioredis.Redis, payloads: list[bytes], sha: str | None) -> float:
     """Server µs per EVALSHA of `payloads`, or of the same calls to the
-    script `sha`."""
+    script `sha`. A call the server refuses is an error: the figure would
+    be of something else."""
     calls0, usec0 = await _evalsha_usec(client)
     for start in range(0, len(payloads), _DEPTH):
         pipe = client.pipeline(transaction=False)
@@ -44,7 +45,7 @@ async def _usec_per_call(client: aioredis.Redis, payloads: list[bytes], sha: str
             if sha is not None:
                 parts[1] = sha.encode()
             pipe.execute_command(*parts)
-        await pipe.execute()
+        await pipe.execute()  # raises the first refusal
     calls1, usec1 = await _evalsha_usec(client)
     return (usec1 - usec0) / max(1, calls1 - calls0)
 
