@@ -153,14 +153,18 @@ async def test_a_floor_script_runs_exactly_the_commands_of_its_script(
     """What a hot script is measured against (`bench.floor`) is the same
     Redis commands, as many of each, on a create below the cap with its
     bucket's stream made (the common case the bench measures)."""
+    from redis.asyncio import Redis
+
     from bench.floor import _FLOORS, _usec_per_call
     from bench.limits import _create_commands, _resolve_commands
     from sessionkit import SessionStore
 
     async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        client = store.client
+        assert isinstance(client, Redis)  # one server
         await store.load_scripts()
         made = [await store.create(f"f{i}", ["member"]) for i in range(50)]
-        floor_sha = await store.client.script_load((_FLOORS / f"{op}.lua").read_text())
+        floor_sha = await client.script_load((_FLOORS / f"{op}.lua").read_text())
 
         def calls() -> list[bytes]:
             if op == "resolve":
@@ -168,12 +172,12 @@ async def test_a_floor_script_runs_exactly_the_commands_of_its_script(
             return _create_commands(store.settings, 50)  # fresh tokens
 
         if op == "create":
-            await _usec_per_call(store.client, calls(), None)  # the users' streams made
+            await _usec_per_call(client, calls(), None)  # the users' streams made
         ran = {}
         for name, sha in (("script", None), ("floor", floor_sha)):
-            before = await _command_calls(store.client)
-            await _usec_per_call(store.client, calls(), sha)
-            after = await _command_calls(store.client)
+            before = await _command_calls(client)
+            await _usec_per_call(client, calls(), sha)
+            after = await _command_calls(client)
             ran[name] = {
                 cmd: n - before.get(cmd, 0)
                 for cmd, n in after.items()
