@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.limits import _create_commands, _resolve_commands
+from bench.worst_case import _server_us
 from sessionkit import _resp
 from sessionkit._scripts import Settings
 
@@ -28,16 +29,10 @@ _FLOORS = Path(__file__).parent / "floors"
 _DEPTH = 100
 
 
-async def _evalsha_usec(client: aioredis.Redis) -> tuple[int, float]:
-    stats = (await client.info("commandstats")).get("cmdstat_evalsha", {})
-    return int(stats.get("calls", 0)), float(stats.get("usec", 0))
-
-
-async def _usec_per_call(client: aioredis.Redis, payloads: list[bytes], sha: str | None) -> float:
-    """Server µs per EVALSHA of `payloads`, or of the same calls to the
-    script `sha`. A call the server refuses is an error: the figure would
-    be of something else."""
-    calls0, usec0 = await _evalsha_usec(client)
+async def _replay(client: aioredis.Redis, payloads: list[bytes], sha: str | None) -> None:
+    """Send `payloads`, or the same calls to the script `sha`, pipelined. A
+    call the server refuses is an error: the figure would be of something
+    else."""
     for start in range(0, len(payloads), _DEPTH):
         pipe = client.pipeline(transaction=False)
         for payload in payloads[start : start + _DEPTH]:
@@ -46,8 +41,11 @@ async def _usec_per_call(client: aioredis.Redis, payloads: list[bytes], sha: str
                 parts[1] = sha.encode()
             pipe.execute_command(*parts)
         await pipe.execute()  # raises the first refusal
-    calls1, usec1 = await _evalsha_usec(client)
-    return (usec1 - usec0) / max(1, calls1 - calls0)
+
+
+async def _usec_per_call(client: aioredis.Redis, payloads: list[bytes], sha: str | None) -> float:
+    """Server µs per EVALSHA of `payloads`, or of the same calls to `sha`."""
+    return await _server_us(client, lambda: _replay(client, payloads, sha))
 
 
 async def measure_floor(
@@ -61,14 +59,13 @@ async def measure_floor(
     try:
         for op in ("resolve", "create"):
             floor_sha = await client.script_load((_FLOORS / f"{op}.lua").read_text("utf-8"))
+            reads = _resolve_commands(settings, tokens[:calls]) if op == "resolve" else None
             mine: list[float] = []
             floor: list[float] = []
             for _ in range(rounds):
                 for sha, into in ((None, mine), (floor_sha, floor)):
-                    if op == "resolve":
-                        payloads = _resolve_commands(settings, tokens[:calls])
-                    else:  # fresh tokens each time: a create writes once
-                        payloads = _create_commands(settings, calls)
+                    # A create writes once: fresh tokens every time.
+                    payloads = reads if reads is not None else _create_commands(settings, calls)
                     into.append(await _usec_per_call(client, payloads, sha))
             script_us, floor_us = statistics.median(mine), statistics.median(floor)
             out[op] = {

@@ -44,8 +44,8 @@ async def _server_us(admin: Any, call: Callable[[], Awaitable[object]]) -> float
     """Server microseconds of one call (EVALSHA's, from INFO commandstats)."""
 
     async def stats() -> tuple[int, int]:
-        s = (await admin.info("commandstats"))["cmdstat_evalsha"]
-        return int(s["calls"]), int(s["usec"])
+        s = (await admin.info("commandstats")).get("cmdstat_evalsha", {})  # none yet: 0, 0
+        return int(s.get("calls", 0)), int(s.get("usec", 0))
 
     calls, usec = await stats()
     await call()
