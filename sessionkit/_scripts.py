@@ -211,6 +211,24 @@ def get_call(s: Settings, bucket: int, sid: str, digest: str = "") -> Call:
     )
 
 
+#: What a token derives (`token_read`): its bucket, its session's id and
+#: the call that reads the session from the token alone (resolve's).
+TokenRead = tuple[int, str, Call]
+
+
+def token_read(s: Settings, token: object) -> TokenRead | None:
+    """A token's bucket, session id and resolve call, or None if it is not
+    a well-formed token. A function of the token and the settings alone,
+    never of what the server holds: a store keeps it for the tokens it saw
+    recently (`SessionStore`), and it can never be stale."""
+    bucket = keys.token_bucket(token)
+    if bucket is None:
+        return None
+    assert isinstance(token, str)  # a token's bucket says so
+    sid = keys.session_id(token)
+    return bucket, sid, get_call(s, bucket, sid)
+
+
 def list_call(s: Settings, bucket: int, digest: str) -> Call:
     return script_call(
         Scripts.list, (*_user_keys(s, bucket, digest), keys.user_prefix(s.prefix, bucket)), ()

@@ -4,6 +4,7 @@ an import) when they are off."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import subprocess
 import sys
 
@@ -194,3 +195,14 @@ def test_asking_for_metrics_without_the_package_says_what_to_install() -> None:
         "metrics needs prometheus-client: pip install 'sessionkit[metrics]'",
         "tracing needs opentelemetry-api: pip install 'sessionkit[otel]'",
     ]
+
+
+def test_the_store_s_operations_are_coroutine_functions_to_whoever_asks() -> None:
+    # Unobserved, an operation returns its method's coroutine (one frame,
+    # not two); frameworks that dispatch on the function still see async.
+    for name in ("create", "get", "resolve", "list", "delete", "delete_all", "add_groups"):
+        method = getattr(SessionStore, name)
+        if sys.version_info >= (3, 12):
+            assert inspect.iscoroutinefunction(method), name
+        else:
+            assert asyncio.iscoroutinefunction(method), name

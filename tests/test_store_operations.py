@@ -6,7 +6,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 
+import sessionkit.store as store_module
 from sessionkit import Session, SessionStore
 from sessionkit import _keys as keys
 from tests.conftest import Backend, StoreFactory
@@ -158,9 +160,52 @@ async def test_unknown_and_malformed_tokens_are_not_errors(store: SessionStore) 
         assert await store.get("alice", bad) is None
         assert await store.resolve(bad) is None
         assert await store.delete("alice", bad) is False
-    for not_text in [None, 42, b"bytes"]:
+    for not_text in [None, 42, b"bytes", ["a", "list"], {"a": "dict"}]:
         assert await store.resolve(not_text) is None  # type: ignore[arg-type]
+        assert await store.get("alice", not_text) is None  # type: ignore[arg-type]
     assert await store.resolve(s.token) is not None
+
+
+async def test_a_token_read_again_reads_what_the_server_holds_now(store: SessionStore) -> None:
+    # The store keeps what a token derives (its session's id and key), never
+    # what a read returned: every read asks the server.
+    s = await store.create("alice", ["member"])
+    token = s.token or ""
+    first = await store.resolve(token)
+    assert first is not None and first.access_groups == ["member"]
+    assert await store.add_groups("alice", ["admin"]) == 1
+    again = await store.resolve(token)
+    assert again is not None and again.access_groups == ["admin", "member"]
+    mine = await store.get("alice", token)
+    assert mine is not None and mine.id == s.id
+    assert await store.get("bob", token) is None
+    assert await store.delete("alice", token) is True
+    assert await store.resolve(token) is None
+    assert await store.get("alice", token) is None
+
+
+async def test_a_store_keeps_a_bounded_number_of_tokens_and_only_tokens(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "TOKENS_CACHED", 4)
+    store = make_store()
+    kept = store._token_reads.cache_info
+    tokens = [(await store.create(f"user-{i}")).token or "" for i in range(6)]
+    for token in tokens:
+        assert await store.resolve(token) is not None
+    assert kept().currsize == 4
+    # Input that is not a token is answered without taking a place: a long
+    # string is not held, an unhashable one does not raise.
+    before = kept()
+    for bad in ["A" * 1_000_000, tokens[0] + "A", ["not", "hashable"], b"x" * 46]:
+        assert await store.resolve(bad) is None  # type: ignore[arg-type]
+    assert kept() == before
+    # The most recently used stay: read again, they cost no derivation.
+    for token in tokens[2:]:
+        assert await store.resolve(token) is not None
+    assert kept().hits == before.hits + 4
+    await store.aclose()
+    assert kept().currsize == 0  # closed: no token is held any more
 
 
 async def test_delete_by_id_removes_only_the_users_own_session(store: SessionStore) -> None:
