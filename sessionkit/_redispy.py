@@ -99,6 +99,12 @@ async def acquire(pool: ConnectionPool) -> AbstractConnection:
     return conn
 
 
+def pool_size(pool: ConnectionPool) -> int:
+    """The most connections the pool opens."""
+    size: int = pool.max_connections
+    return size
+
+
 async def release(pool: ConnectionPool, conn: AbstractConnection) -> None:
     await pool.release(conn)
 
@@ -153,7 +159,14 @@ def check() -> None:
         (AbstractConnection, ("_parser", "_writer", "is_connected", "connect", "socket_timeout")),
         (
             ConnectionPool(),
-            ("get_connection", "release", "disconnect", "connection_class", "connection_kwargs"),
+            (
+                "get_connection",
+                "release",
+                "disconnect",
+                "connection_class",
+                "connection_kwargs",
+                "max_connections",
+            ),
         ),
         (
             ClusterNode("localhost", 6379),

@@ -241,34 +241,35 @@ class _Connections:
 
 
 class _PoolConnections(_Connections):
-    """A redis-py pool, with the last connection given back kept at hand:
-    a caller that makes one call at a time reuses it without the pool's
-    lock and checks (it is still the pool's, counted as in use, and closed
-    with the pool)."""
+    """A redis-py pool, with the connections given back last kept at hand,
+    one per exchange in flight (`MAX_IN_FLIGHT`), never more than half the
+    pool: a lane reuses them without the pool's condition, lock, timeout
+    and readiness checks, which cost a batch more than its write. They are
+    still the pool's, counted as in use, and closed with the pool."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, most: int = MAX_IN_FLIGHT) -> None:
         self.pool = pool
-        self.spare: Any = None
+        self.most = max(1, min(most, _redispy.pool_size(pool) // 2))
+        self.spares: list[Any] = []
 
     def take(self) -> Any | None:
-        conn = self.spare
-        if conn is not None and conn.is_connected:
-            self.spare = None
-            return conn
+        spares = self.spares
+        if spares and spares[-1].is_connected:
+            return spares.pop()
         return None
 
     async def get(self) -> Any:
-        conn = self.take()
-        if conn is not None:
-            return conn
-        stale, self.spare = self.spare, None  # kept, but its connection broke
-        if stale is not None:
-            await _redispy.release(self.pool, stale)
+        spares = self.spares
+        while spares:
+            conn = spares.pop()
+            if conn.is_connected:
+                return conn
+            await _redispy.release(self.pool, conn)  # kept, but its connection broke
         return await _redispy.acquire(self.pool)
 
     def keep(self, conn: Any) -> bool:
-        if self.spare is None and conn.is_connected:
-            self.spare = conn
+        if len(self.spares) < self.most and conn.is_connected:
+            self.spares.append(conn)
             return True
         return False
 
@@ -277,9 +278,9 @@ class _PoolConnections(_Connections):
             await _redispy.release(self.pool, conn)
 
     async def drop(self) -> None:
-        """Give the spare back and close the pool's idle connections."""
-        conn, self.spare = self.spare, None
-        if conn is not None:
+        """Give the spares back and close the pool's idle connections."""
+        spares, self.spares = self.spares, []
+        for conn in spares:
             await _redispy.release(self.pool, conn)
         await _redispy.drop_idle(self.pool)
 
@@ -663,7 +664,7 @@ class Transport:
                 raise error(reply, operation) from reply
             return reply
         source = self._single[1]
-        conn = await source.get()  # the spare first: a pool of one still works
+        conn = await source.get()  # a spare first: a pool of one still works
         try:
             async with asyncio.timeout(wait):
                 await _redispy.write(conn, pack(*parts))

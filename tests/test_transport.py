@@ -386,6 +386,35 @@ async def test_a_server_has_two_exchanges_in_flight_under_load(
         assert list(in_flight.most.values()) == [_transport.MAX_IN_FLIGHT]
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("pool_size", [2, 64])
+async def test_a_lane_keeps_a_connection_per_exchange_but_never_a_small_pool_s_all(
+    server_url: str, prefix: str, pool_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[Any] = []
+    real = _redispy.acquire
+
+    async def acquire(pool: Any) -> Any:
+        taken.append(pool)
+        return await real(pool)
+
+    monkeypatch.setattr(_redispy, "acquire", acquire)
+    async with SessionStore.from_url(server_url, prefix=prefix, pool_size=pool_size) as store:
+        made = [await store.create(f"u{i}") for i in range(200)]
+        for _ in range(2):  # the second burst finds the connections the first gave back
+            taken.clear()
+            got = await asyncio.gather(*(store.resolve(s.token or "") for s in made))
+            assert all(g is not None for g in got)
+        kept = min(_transport.MAX_IN_FLIGHT, pool_size // 2)
+        # Under load: every exchange but those beyond the kept ones reuses one.
+        if kept == _transport.MAX_IN_FLIGHT:
+            assert taken == []
+        else:
+            assert taken  # a pool of two: one kept, the other exchange takes its own
+        # Idle: the client's other users still get a connection at once.
+        assert await asyncio.wait_for(store.client.ping(), 2)
+
+
 @pytest.mark.cluster
 async def test_a_cluster_node_has_one_exchange_in_flight(
     own_cluster: EmbeddedCluster, prefix: str, in_flight: InFlight
