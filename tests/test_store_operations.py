@@ -184,6 +184,22 @@ async def test_a_token_read_again_reads_what_the_server_holds_now(store: Session
     assert await store.get("alice", token) is None
 
 
+async def test_groups_read_back_sorted_and_each_read_gets_its_own_list(
+    store: SessionStore,
+) -> None:
+    few = ["member", "admin"]
+    many = [f"group-{i:03d}-" + "x" * 20 for i in range(40)]  # an entry of about 1,200 bytes
+    for groups in (few, many):
+        s = await store.create("alice", groups)
+        assert s.token
+        for _ in range(2):  # the second read decodes nothing the first did not
+            got = await store.resolve(s.token)
+            assert got is not None and got.access_groups == sorted(groups)
+            got.access_groups.append("mine")  # the caller's to change
+        listed = [x for x in await store.list("alice") if x.id == s.id]
+        assert listed[0].access_groups == sorted(groups)
+
+
 async def test_a_store_keeps_a_bounded_number_of_tokens_and_only_tokens(
     make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
