@@ -138,6 +138,17 @@ class Settings:
         fixed = (self.idle_timeout_ms, self.touch_interval_ms, self.slide_interval_ms)
         return Template(Scripts.get.sha, 2, 4, fixed)
 
+    @functools.cached_property
+    def create_template(self) -> Template:
+        """`create`'s call with these settings' arguments packed once."""
+        fixed = (
+            self.lifetime_ms,
+            self.idle_timeout_ms,
+            self.max_sessions_per_user,
+            self.events_maxlen,
+        )
+        return Template(Scripts.create.sha, 6, 12, fixed)
+
 
 class Call(msgspec.Struct, frozen=True, gc=False):
     """One script call as `Transport.call` sends it: the script (its
@@ -179,22 +190,20 @@ def _events(s: Settings, uid: str, groups: tuple[str, ...] | None = None) -> tup
 def create_call(
     s: Settings, uid: str, digest: str, bucket: int, sid: str, body: bytes, groups: tuple[str, ...]
 ) -> Call:
-    return script_call(
+    skey = keys.session_key(s.prefix, bucket, sid)
+    return Call(
         Scripts.create,
-        (
-            keys.session_key(s.prefix, bucket, sid),
+        skey,
+        s.create_template.pack(
+            skey,
             *_user_keys(s, bucket, digest),
             keys.user_prefix(s.prefix, bucket),
             keys.events_key(s.prefix, bucket),
-        ),
-        (
             sid,
             digest,
-            s.lifetime_ms,
-            s.idle_timeout_ms,
-            s.max_sessions_per_user,
             body,
-            *_events(s, uid, groups),
+            uid if s.events_maxlen else "",
+            msgspec.json.encode(groups) if s.events_maxlen else "",
             encode_groups(groups),
         ),
     )

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio.connection import Connection
 
 from sessionkit._resp import Template, as_eval, pack, pack_script, unpack
-from sessionkit._scripts import Scripts, Settings, get_call
+from sessionkit._scripts import Scripts, Settings, create_call, get_call
 
 KEYS = ("sk:{0001}:s:abc", "sk:{0001}:")
 ARGS: tuple[Any, ...] = ("", "é ünïcode", 0, 60_000, b"\x00raw\r\n", -5)
@@ -52,6 +52,19 @@ def test_the_get_call_is_the_whole_call_packed_from_its_template() -> None:
     theirs = redis_py("EVALSHA", Scripts.get.sha, 2, *KEYS, "digest", "abc", 500, 60_000, 250)
     assert call.payload == theirs
     assert call.key == KEYS[0] and call.script is Scripts.get
+
+
+@pytest.mark.parametrize("events_maxlen", [1000, 0])
+def test_the_create_call_is_the_whole_call_packed_from_its_template(events_maxlen: int) -> None:
+    settings = Settings("sk", 1000, 500, 10, 60_000, events_maxlen)
+    call = create_call(settings, "ü1", "digest", 1, "abc", b'{"u":"\xc3\xbc1"}', ("b", "a"))
+    user_keys = ("sk:{0001}:u:digest", "sk:{0001}:c:digest", "sk:{0001}:g:digest")
+    keys = ("sk:{0001}:s:abc", *user_keys, "sk:{0001}:", "sk:{0001}:events")
+    events = ("ü1", b'["b","a"]') if events_maxlen else ("", "")
+    args = ("abc", "digest", b'{"u":"\xc3\xbc1"}', *events, "\0b\0a\0", 1000, 500, 10)
+    theirs = redis_py("EVALSHA", Scripts.create.sha, 6, *keys, *args, events_maxlen)
+    assert call.payload == theirs
+    assert call.key == keys[0] and call.script is Scripts.create
 
 
 @pytest.mark.parametrize("keys", [KEYS, ()])

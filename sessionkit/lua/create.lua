@@ -6,13 +6,15 @@
 --         ("<prefix>:{<tag>}:"): evicted sessions' keys are derived from it,
 --         so they share the user's hash slot.
 -- KEYS[6] the bucket's event stream
--- ARGV[1] session id   ARGV[2] user digest   ARGV[3] lifetime ms
--- ARGV[4] idle timeout ms (0: none)   ARGV[5] max sessions per user (>= 1)
--- ARGV[6] opaque JSON body   ARGV[7] event stream cap (0: no events)
--- ARGV[8] user id   ARGV[9] the access groups as a JSON array
--- ARGV[10] the session's groups entry, as the groups hash holds it (see
---          _lib.lua; the caller joins the distinct groups, at most the
---          per-session cap)
+-- ARGV[1] session id   ARGV[2] user digest   ARGV[3] opaque JSON body
+-- ARGV[4] user id ('' with no events)
+-- ARGV[5] the access groups as a JSON array ('' with no events)
+-- ARGV[6] the session's groups entry, as the groups hash holds it (see
+--         _lib.lua; the caller joins the distinct groups, at most the
+--         per-session cap)
+-- then the store's settings, the same on every call (packed once):
+-- ARGV[7] lifetime ms   ARGV[8] idle timeout ms (0: none)
+-- ARGV[9] max sessions per user (>= 1)   ARGV[10] event stream cap (0: no events)
 -- Returns the value followed by its groups entry, as one string (as get.lua
 -- does, and for the same reason), or, if it evicted sessions, the table
 -- {value, groups entry, evicted id, ...}. A retried create (same token)
@@ -21,14 +23,14 @@ local skey, index, order, groups_key, key_prefix, stream =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id = ARGV[1]
 local now, created = clock()
-local expires = now + ARGV[3]
+local expires = now + ARGV[7]
 local expires13 = ms13(expires)
 local at = expires13  -- when the key dies
-if ARGV[4] ~= '0' and now + ARGV[4] < expires then  -- an idle timeout, sooner
-  at = ms13(now + ARGV[4])
+if ARGV[8] ~= '0' and now + ARGV[8] < expires then  -- an idle timeout, sooner
+  at = ms13(now + ARGV[8])
 end
 -- The ms of `now` are the first 13 of its 16 µs digits.
-local value = LAYOUT .. created .. expires13 .. string.sub(created, 1, 13) .. ARGV[2] .. ARGV[6]
+local value = LAYOUT .. created .. expires13 .. string.sub(created, 1, 13) .. ARGV[2] .. ARGV[3]
 
 -- Written only if the token is new (NX); GET gives what a first attempt of
 -- a retried create wrote, and then nothing is written.
@@ -42,7 +44,7 @@ end
 
 -- Expired members only count toward the cap, so the index is pruned when
 -- the count reaches it: below the cap a create reads nothing more.
-local cap = ARGV[5] + 0
+local cap = ARGV[9] + 0
 local count = redis.call('ZCARD', index)
 local evicted = {}
 if count >= cap then
@@ -55,7 +57,7 @@ if count >= cap then
   end
 end
 
-local groups = ARGV[10]
+local groups = ARGV[6]
 redis.call('ZADD', index, at, id)
 redis.call('ZADD', order, created, id)
 redis.call('HSET', groups_key, id, groups)
@@ -70,8 +72,8 @@ else  -- they live as long as the longest-lived session
   redis.call('PEXPIREAT', order, at, 'GT')
   redis.call('PEXPIREAT', groups_key, at, 'GT')
 end
-emit(stream, ARGV[7], 'evicted', ARGV[8], evicted, '[]')
-emit(stream, ARGV[7], 'created', ARGV[8], {id}, ARGV[9])
+emit(stream, ARGV[10], 'evicted', ARGV[4], evicted, '[]')
+emit(stream, ARGV[10], 'created', ARGV[4], {id}, ARGV[5])
 
 if #evicted == 0 then
   return value .. groups
