@@ -401,8 +401,9 @@ class SessionStore:
 
     def _token_read(self, token: object) -> scripts.TokenRead | None:
         """What `token` derives (see `TOKENS_CACHED`), or None if it is not
-        a well-formed token. Only a string of a token's length is kept: no
-        other input can take the place of the tokens in use, nor memory."""
+        a well-formed token. Only a string of a token's length is kept, so
+        no other input (a megabyte of text, something unhashable) can make
+        the cache hold more or fail."""
         if token.__class__ is str and len(token) == keys.TOKEN_CHARS:
             return self._token_reads(token)
         return scripts.token_read(self.settings, token)
