@@ -63,15 +63,17 @@ Duration = int | float | timedelta
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Tokens a store keeps what they derive for (`_scripts.token_read`: the
-#: bucket, the session id, resolve's packed call), most recently used
-#: first: deriving them is about a third of a resolve's CPU in a busy
+#: Tokens a store keeps what they derive for by default (`token_cache`;
+#: `_scripts.token_read`: the bucket, the session id, resolve's packed
+#: call), the most recently used: deriving them is about a third of a resolve's CPU in a busy
 #: process (a BLAKE2b digest, base64, the packing), and an app sees the
 #: same tokens again and again. About 600 bytes each beside the token, 10 MB
 #: when full; as many as the decoded headers kept (`_model.TIMES_CACHED`),
 #: for the same working set. The derivation holds nothing from the server,
 #: so nothing in it goes stale.
 TOKENS_CACHED: Final = 16_384
+#: The largest `token_cache` a store takes (about 600 MB full).
+MAX_TOKENS_CACHED: Final = 1_000_000
 
 
 def _observed(
@@ -129,6 +131,7 @@ class StoreOptions(TypedDict, total=False):
     metrics: bool | PrometheusMetrics
     tracing: bool | TracerProvider
     near_cache: bool | NearCache
+    token_cache: int
 
 
 class SessionStore:
@@ -158,6 +161,8 @@ class SessionStore:
     off by default), `resolve` and `get` answer from process memory while the
     server vouches that the session has not changed (see
     `sessionkit.nearcache`); call `aclose()` to stop its connections.
+    `token_cache` is how many tokens the store keeps what they derive for
+    (see `TOKENS_CACHED`; 0: none).
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class SessionStore:
         metrics: bool | PrometheusMetrics = False,
         tracing: bool | TracerProvider = False,
         near_cache: bool | NearCache = False,
+        token_cache: int = TOKENS_CACHED,
     ) -> None:
         self.client = client
         self.prefix = validate.prefix(prefix)
@@ -225,7 +231,8 @@ class SessionStore:
             events_maxlen=self.events_maxlen if events else 0,
             slide_interval_ms=slide_ms,
         )
-        self._token_reads = functools.lru_cache(maxsize=TOKENS_CACHED)(
+        self.token_cache = validate.int_in_range(token_cache, "token_cache", 0, MAX_TOKENS_CACHED)
+        self._token_reads = functools.lru_cache(maxsize=self.token_cache)(
             functools.partial(scripts.token_read, self.settings)
         )
         self._near = (

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 import sessionkit.store as store_module
-from sessionkit import Session, SessionStore
+from sessionkit import Session, SessionStore, ValidationError
 from sessionkit import _keys as keys
 from tests.conftest import Backend, StoreFactory
 
@@ -201,10 +201,10 @@ async def test_groups_read_back_sorted_and_each_read_gets_its_own_list(
 
 
 async def test_a_store_keeps_a_bounded_number_of_tokens_and_only_tokens(
-    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+    make_store: StoreFactory,
 ) -> None:
-    monkeypatch.setattr(store_module, "TOKENS_CACHED", 4)
-    store = make_store()
+    assert make_store().token_cache == store_module.TOKENS_CACHED
+    store = make_store(token_cache=4)
     kept = store._token_reads.cache_info
     tokens = [(await store.create(f"user-{i}")).token or "" for i in range(6)]
     for token in tokens:
@@ -222,6 +222,22 @@ async def test_a_store_keeps_a_bounded_number_of_tokens_and_only_tokens(
     assert kept().hits == before.hits + 4
     await store.aclose()
     assert kept().currsize == 0  # closed: no token is held any more
+
+
+async def test_a_store_can_keep_no_tokens(make_store: StoreFactory) -> None:
+    store = make_store(token_cache=0)
+    s = await store.create("alice", ["member"])
+    for _ in range(2):
+        got = await store.resolve(s.token or "")
+        assert got is not None and got.id == s.id
+        assert await store.get("alice", s.token or "") is not None
+    assert store._token_reads.cache_info().currsize == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1_000_001, True, 2.5, "16384", None])
+def test_a_token_cache_size_out_of_range_is_refused(make_store: StoreFactory, bad: object) -> None:
+    with pytest.raises(ValidationError, match="token_cache must be an int from 0 to 1,000,000"):
+        make_store(token_cache=bad)
 
 
 async def test_delete_by_id_removes_only_the_users_own_session(store: SessionStore) -> None:
