@@ -178,13 +178,18 @@ def _user_keys(s: Settings, bucket: int, digest: str) -> tuple[str, str, str]:
 
 
 def _events(s: Settings, uid: str, groups: tuple[str, ...] | None = None) -> tuple[Any, ...]:
-    """The event arguments: the stream cap (0: none), the user id and, for
-    scripts that take groups, the groups as JSON."""
+    """The event arguments: the stream cap (0: none), then `_event_fields`."""
+    return (s.events_maxlen, *_event_fields(s, uid, groups))
+
+
+def _event_fields(s: Settings, uid: str, groups: tuple[str, ...] | None = None) -> tuple[Any, ...]:
+    """What an event names: the user id and, for scripts that take groups,
+    the groups as JSON; empty strings when events are off."""
     if not s.events_maxlen:
-        return (0, "") if groups is None else (0, "", "")
+        return ("",) if groups is None else ("", "")
     if groups is None:
-        return (s.events_maxlen, uid)
-    return (s.events_maxlen, uid, msgspec.json.encode(groups))
+        return (uid,)
+    return (uid, msgspec.json.encode(groups))
 
 
 def create_call(
@@ -202,8 +207,7 @@ def create_call(
             sid,
             digest,
             body,
-            uid if s.events_maxlen else "",
-            msgspec.json.encode(groups) if s.events_maxlen else "",
+            *_event_fields(s, uid, groups),
             encode_groups(groups),
         ),
     )

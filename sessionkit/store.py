@@ -65,12 +65,12 @@ R = TypeVar("R")
 
 #: Tokens a store keeps what they derive for by default (`token_cache`;
 #: `_scripts.token_read`: the bucket, the session id, resolve's packed
-#: call), the most recently used: deriving them is about a third of a resolve's CPU in a busy
-#: process (a BLAKE2b digest, base64, the packing), and an app sees the
-#: same tokens again and again. About 600 bytes each beside the token, 10 MB
-#: when full; as many as the decoded headers kept (`_model.TIMES_CACHED`),
-#: for the same working set. The derivation holds nothing from the server,
-#: so nothing in it goes stale.
+#: call), the most recently used: deriving them is about a third of a
+#: resolve's CPU in a busy process (a BLAKE2b digest, base64, the
+#: packing), and an app sees the same tokens again and again. About 600
+#: bytes each beside the token, 10 MB when full; as many as the decoded
+#: headers kept (`_model.TIMES_CACHED`), for the same working set. The
+#: derivation holds nothing from the server, so nothing in it goes stale.
 TOKENS_CACHED: Final = 16_384
 #: The largest `token_cache` a store takes (about 600 MB full).
 MAX_TOKENS_CACHED: Final = 1_000_000
