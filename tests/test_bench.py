@@ -38,6 +38,10 @@ class TestNaiveStore(StoreContract):
 
 @pytest.mark.one_server  # the harness: the second server adds nothing
 @pytest.mark.server
+# The whole quick harness (70 s here) in one test: bounded by its own
+# subprocess timeout, not by the suite's 120 s per test, which a slow
+# minute on a shared machine would otherwise turn into a failure.
+@pytest.mark.timeout(330)
 def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
     tmp_path: Path, server_url: str
 ) -> None:
