@@ -35,14 +35,23 @@ _WORD = re.compile(r"[A-Za-z_]\w*")
 _COMMENT = re.compile(r"--.*")
 
 
-def _helpers(lib: str, body: str) -> str:
-    """The definitions of `lib` that `body` uses, directly or through each
-    other, in their order: every helper defined costs every call of the
-    script a closure, so a script carries only its own. A definition starts
-    at a top-level ``local`` line (with the comment lines just before it)
-    and runs to the next one."""
-    starts: list[int] = []
-    defined: list[set[str]] = []
+@dataclass(frozen=True, slots=True)
+class _Definition:
+    """One top-level definition of ``_lib.lua``: the names it defines, its
+    text (with the comment lines right above it), and whether it is a
+    function (each one defined costs every call of a script a closure)."""
+
+    names: frozenset[str]
+    text: str
+    function: bool
+
+
+def _used(lib: str, body: str) -> tuple[str, list[_Definition]]:
+    """The text of `lib` before its first definition, and the definitions
+    of `lib` that `body` uses, directly or through each other, in their
+    order. A definition starts at a top-level ``local`` line (with the
+    comment lines just before it) and runs to the next one."""
+    found: list[tuple[int, re.Match[str]]] = []
     for m in _DEFINITION.finditer(lib):
         start = m.start()
         while True:  # take in the comment lines right above
@@ -50,24 +59,27 @@ def _helpers(lib: str, body: str) -> str:
             if start == 0 or not lib.startswith("--", above):
                 break
             start = above
-        starts.append(start)
-        defined.append({n.strip() for n in m.group(1).split(",")})
-    blocks: list[tuple[set[str], str]] = []
-    for i, start in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else len(lib)
-        blocks.append((defined[i], lib[start:end]))
-    wanted = set(_WORD.findall(_COMMENT.sub("", body)))
+        found.append((start, m))
+    blocks: list[_Definition] = []
+    for i, (start, m) in enumerate(found):
+        end = found[i + 1][0] if i + 1 < len(found) else len(lib)
+        names = frozenset(n.strip() for n in m.group(1).split(","))
+        blocks.append(_Definition(names, lib[start:end], m.group(0).startswith("local function")))
+    wanted = _words(body)
     keep = [False] * len(blocks)
     changed = True
     while changed:  # the uses of what is kept, until nothing new
         changed = False
         for i in reversed(range(len(blocks))):
-            names, text = blocks[i]
-            if not keep[i] and names & wanted:
+            if not keep[i] and blocks[i].names & wanted:
                 keep[i] = changed = True
-                wanted |= set(_WORD.findall(_COMMENT.sub("", text)))
-    head = lib[: starts[0]] if starts else lib
-    return head + "".join(text for (_, text), k in zip(blocks, keep, strict=True) if k)
+                wanted |= _words(blocks[i].text)
+    head = lib[: found[0][0]] if found else lib
+    return head, [b for b, k in zip(blocks, keep, strict=True) if k]
+
+
+def _words(lua: str) -> set[str]:
+    return set(_WORD.findall(_COMMENT.sub("", lua)))
 
 
 def _one_line(lua: str) -> str:
@@ -77,11 +89,28 @@ def _one_line(lua: str) -> str:
     return " ".join(line for line in lines if line)
 
 
+#: The name a script calls to get its helper functions made on demand.
+LAZY: Final = "helpers"
+
+
 def assemble(lib: str, body: str) -> str:
-    """A script's source: the helpers it uses, on one line, then its own
-    file starting on that same line, so that the server's error messages
-    name the lines of the script's own file."""
-    return _one_line(_helpers(lib, body)) + " " + body
+    """A script's source: the definitions of `lib` it uses, on one line,
+    then its own file starting on that same line, so that the server's
+    error messages name the lines of the script's own file.
+
+    A script that calls ``helpers()`` gets its helper functions made only
+    when it does, as a table (``local h = helpers(); h.emit(...)``): the
+    hot path of a create calls none, and defining them all cost each call
+    a tenth of the server's work. Constants stay plain locals."""
+    head, used = _used(lib, body)
+    if LAZY not in _words(body):
+        return _one_line(head + "".join(d.text for d in used)) + " " + body
+    functions = [d for d in used if d.function]
+    table = ", ".join(f"{n} = {n}" for d in functions for n in sorted(d.names))
+    made = _one_line("".join(d.text for d in functions))
+    lazy = f"local function {LAZY}() {made} return {{{table}}} end"
+    plain = _one_line(head + "".join(d.text for d in used if not d.function))
+    return f"{plain} {lazy} {body}"
 
 
 def _load(name: str, *, lib: bool = True) -> Script:

@@ -363,6 +363,43 @@ async def test_entries_are_numbered_from_one_without_gaps_whatever_befalls_the_c
     assert int(await client.get(counter)) == 4
 
 
+async def test_a_create_at_its_cap_numbers_both_its_events_whatever_befalls_the_counter(
+    make_store: StoreFactory, backend: Backend, prefix: str
+) -> None:
+    """A create at the cap writes its eviction's entry, then its own, one
+    number after the other, also when the counter was lost before it."""
+    store = make_store(max_sessions_per_user=1)
+    stream = stream_of(prefix, "otto")
+    client: Any = backend.client
+    first = await store.create("otto")
+    await client.delete(f"{stream}:n")
+    second = await store.create("otto")  # evicts the first
+    await store.create("otto")  # evicts the second, the counter trusted again
+    entries = [
+        (i.decode().partition("-")[2], f[b"type"].decode(), f[b"sessions"].decode())
+        for i, f in await client.xrange(stream)
+    ]
+    assert entries == [
+        ("1", "created", first.id),
+        ("2", "evicted", first.id),
+        ("3", "created", second.id),
+        ("4", "evicted", second.id),
+        ("5", "created", entries[4][2]),
+    ]
+    assert int(await client.get(f"{stream}:n")) == 5
+
+    # Behind an entry ahead of the clock (a failover to a node whose clock is
+    # behind), both entries follow it.
+    ms = int((await client.xrange(stream))[-1][0].decode().partition("-")[0])
+    ahead = {"type": "created", "user": "otto", "sessions": "x", "groups": "[]"}
+    await client.xadd(stream, ahead, id=f"{ms + 60_000}-6")
+    await client.set(f"{stream}:n", 6)
+    await store.create("otto")
+    tail = [i.decode() for i, _ in await client.xrange(stream)][-3:]
+    assert tail == [f"{ms + 60_000}-{n}" for n in (6, 7, 8)]
+    assert int(await client.get(f"{stream}:n")) == 8
+
+
 async def test_a_group_named_like_a_cluster_error_gets_its_deleted_stream_back(
     make_store: StoreFactory, prefix: str
 ) -> None:

@@ -100,6 +100,83 @@ def test_each_script_carries_only_the_helpers_it_uses() -> None:
     # Helpers come before the script's own code, each defined once.
     for script in (Scripts.create, Scripts.list, Scripts.groups):
         assert script.source.count("local function clock()") == 1, script.name
+    # A create defines one function of its own, which makes the others when
+    # called; its constants are plain locals before it.
+    head, wrapper, _ = Scripts.create.source.partition("local function helpers()")
+    assert wrapper and "local function" not in head and "local LAYOUT_BYTE = 1" in head
+    assert "local function helpers" not in Scripts.delete.source  # defined as they are
+
+
+_LIB = """-- a library
+local K = 1
+-- f's comment
+local function f() return K end
+local function g() return f() + 1 end
+local function unused() return 0 end
+"""
+
+
+@pytest.mark.server
+async def test_a_script_calling_helpers_gets_its_functions_made_only_then(
+    server_url: str,
+) -> None:
+    from sessionkit._scripts import assemble
+
+    body = "if ARGV[1] == 'made' then return helpers().g() end\nreturn K\n"
+    source = assemble(_LIB, body)
+    head, _, rest = source.partition("local function helpers()")
+    assert head.strip() == "local K = 1"  # constants stay plain locals
+    assert "local function f()" in rest and "local function g()" in rest
+    assert "unused" not in source and "f's comment" not in source
+    # Without helpers(), the same library is defined as it always was.
+    plain = assemble(_LIB, "return g()\n")
+    assert "local function g()" in plain and "helpers" not in plain
+    client = aioredis.Redis.from_url(server_url)
+    try:
+        assert await client.eval(source, 0, "made") == 2
+        assert await client.eval(source, 0, "not made") == 1
+        assert await client.eval(plain, 0) == 2
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.server
+async def test_a_create_below_its_cap_makes_no_helper_and_one_at_it_does(
+    server_url: str, prefix: str
+) -> None:
+    """The common create (below the cap, its bucket's event counter
+    trusted) never calls helpers(); one at the cap, or whose counter is
+    lost, does. Shown with a create script whose helpers() fails."""
+    from sessionkit import _keys, _resp, _scripts
+    from sessionkit._model import encode_body
+
+    source = Scripts.create.source.replace(
+        "local function helpers()", "local function helpers() error('helpers made')", 1
+    )
+    client = aioredis.Redis.from_url(server_url)
+    store = SessionStore(client, prefix=prefix, max_sessions_per_user=2)
+    sha = await client.script_load(source)
+    digest, bucket = _keys.user_digest("ann")
+
+    async def create() -> Any:
+        """The store's own create call for ann, run by the script above."""
+        sid = _keys.session_id(_keys.new_token(bucket))
+        body = encode_body("ann", None, {})
+        call = _scripts.create_call(store.settings, "ann", digest, bucket, sid, body, ())
+        _, _, numkeys, *args = _resp.unpack(call.payload)
+        return await client.evalsha(sha, int(numkeys), *args)
+
+    try:
+        await store.create("ann")  # the bucket's stream and counter made
+        assert isinstance(await create(), bytes)  # below the cap
+        with pytest.raises(aioredis.ResponseError, match="helpers made"):
+            await create()  # at the cap: evicts, with the helpers
+        await store.delete_all("ann")
+        await client.delete(_keys.events_key(prefix, bucket) + ":n")
+        with pytest.raises(aioredis.ResponseError, match="helpers made"):
+            await create()  # below the cap, the counter lost
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.server

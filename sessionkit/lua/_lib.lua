@@ -2,7 +2,9 @@
 -- definitions of this file that the script uses (each one defined costs
 -- every call a closure), so each script stays one static source on the
 -- server. A definition is a top-level `local` line, the comment lines
--- right above it, and what follows up to the next one.
+-- right above it, and what follows up to the next one. A script that calls
+-- helpers() gets its functions made only when it calls it, as a table
+-- (create.lua: its common path needs none); constants stay plain locals.
 --
 -- Stored session value (a Redis string, offsets 1-based):
 --   [1]       layout version, "\1"; a value of another version is never
@@ -169,6 +171,19 @@ local function last_event_id(stream)
   return string.sub(id, 1, dash - 1) + 0, string.sub(id, dash + 1) + 0
 end
 
+-- Appends the first entry of a change numbered from the stream itself (the
+-- counter could not be trusted: see above), at `ms` or after the stream's
+-- last entry if that is later, and sets the counter to match the change's
+-- `entries`. Returns the entry's ms and number.
+local function append_renumbered(stream, maxlen, ms, entries, kind, user, sessions, groups_json)
+  local last_ms, last_n = last_event_id(stream)
+  ms = math.max(ms, last_ms)
+  redis.call('SET', stream .. ':n', last_n + entries)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, string.format('%d-%d', ms, last_n + 1),
+    'type', kind, 'user', user, 'sessions', sessions, 'groups', groups_json)
+  return ms, last_n + 1
+end
+
 local function emit(stream, maxlen, kind, user, ids, groups_json)
   if maxlen == '0' or #ids == 0 then
     return
@@ -176,28 +191,18 @@ local function emit(stream, maxlen, kind, user, ids, groups_json)
   local room = EVENT_BYTES - ENTRY_OVERHEAD - #kind - #user - #groups_json
   local per_entry = math.max(1, math.floor((room + 1) / (#ids[1] + 1)))
   local entries = math.ceil(#ids / per_entry)
-  local counter = stream .. ':n'
-  local ms, n = now_ms(), redis.call('INCRBY', counter, entries) - entries
+  local ms, n = now_ms(), redis.call('INCRBY', stream .. ':n', entries) - entries
   for from = 1, #ids, per_entry do
     n = n + 1
     local sessions = table.concat(ids, ' ', from, math.min(from + per_entry - 1, #ids))
-    local written = false
-    if from == 1 then
-      if n > 1 then  -- a counter that is not new: try its number
-        written = redis.pcall('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', maxlen,
-          string.format('%d-%d', ms, n), 'type', kind, 'user', user,
-          'sessions', sessions, 'groups', groups_json)
-        written = type(written) == 'string'
-      end
-      if not written then  -- number from the stream itself
-        local last_ms, last_n = last_event_id(stream)
-        ms, n = math.max(ms, last_ms), last_n + 1
-        redis.call('SET', counter, last_n + entries)
-      end
-    end
-    if not written then
+    if from > 1 then
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, string.format('%d-%d', ms, n),
         'type', kind, 'user', user, 'sessions', sessions, 'groups', groups_json)
+    elseif n == 1 or type(redis.pcall('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', maxlen,
+        string.format('%d-%d', ms, n), 'type', kind, 'user', user, 'sessions', sessions,
+        'groups', groups_json)) ~= 'string' then
+      -- a new counter, or its number refused: number from the stream itself
+      ms, n = append_renumbered(stream, maxlen, ms, entries, kind, user, sessions, groups_json)
     end
   end
 end

@@ -19,15 +19,23 @@
 -- does, and for the same reason), or, if it evicted sessions, the table
 -- {value, groups entry, evicted id, ...}. A retried create (same token)
 -- returns the session the first attempt made and changes nothing.
+-- Below the cap, with the event counter trusted (almost every create), it
+-- calls no helper: the helpers are made only on the other paths, by
+-- helpers() (defining them all cost every create a tenth of its work).
 local skey, index, order, groups_key, key_prefix, stream =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id = ARGV[1]
-local now, created = clock()
+-- Server time, read once, as clock() reads it (its ms and the 16 µs digits
+-- a value stores), and handed to it: the helpers see the same time.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local created = t[1] .. string.sub('00000' .. t[2], -6)
+clock_ms, clock_us16 = now, created
 local expires = now + ARGV[7]
-local expires13 = ms13(expires)
+local expires13 = string.format('%013d', expires)
 local at = expires13  -- when the key dies
 if ARGV[8] ~= '0' and now + ARGV[8] < expires then  -- an idle timeout, sooner
-  at = ms13(now + ARGV[8])
+  at = string.format('%013d', now + ARGV[8])
 end
 -- The ms of `now` are the first 13 of its 16 µs digits.
 local value = LAYOUT .. created .. expires13 .. string.sub(created, 1, 13) .. ARGV[2] .. ARGV[3]
@@ -36,7 +44,7 @@ local value = LAYOUT .. created .. expires13 .. string.sub(created, 1, 13) .. AR
 -- a retried create wrote, and then nothing is written.
 local existing = redis.call('SET', skey, value, 'NX', 'PXAT', at, 'GET')
 if existing then
-  if not ours(existing) then
+  if string.byte(existing) ~= LAYOUT_BYTE then
     return redis.error_reply('SESSIONKIT_LAYOUT a session of another layout holds this token')
   end
   return existing .. (redis.call('HGET', groups_key, id) or NO_GROUPS)
@@ -46,14 +54,15 @@ end
 -- the count reaches it: below the cap a create reads nothing more.
 local cap = ARGV[9] + 0
 local count = redis.call('ZCARD', index)
-local evicted = {}
+local h, evicted  -- the helpers, and the sessions evicted: at the cap only
 if count >= cap then
-  prune(index, order, groups_key, now)
+  h = helpers()
+  h.prune(index, order, groups_key, now)
   local excess = redis.call('ZCARD', index) - cap + 1
   if excess > 0 then
     evicted = redis.call('ZRANGE', order, 0, excess - 1)
-    batched('DEL', nil, session_keys(key_prefix, evicted))
-    unindex(index, order, groups_key, evicted)
+    h.batched('DEL', nil, h.session_keys(key_prefix, evicted))
+    h.unindex(index, order, groups_key, evicted)
   end
 end
 
@@ -62,7 +71,7 @@ redis.call('ZADD', index, at, id)
 redis.call('ZADD', order, created, id)
 redis.call('HSET', groups_key, id, groups)
 if count >= cap then
-  refresh_ttl(index, order, groups_key)  -- what remains may die sooner
+  h.refresh_ttl(index, order, groups_key)  -- what remains may die sooner
 elseif count == 0 then  -- the user's keys are new
   redis.call('PEXPIREAT', index, at)
   redis.call('PEXPIREAT', order, at)
@@ -72,10 +81,23 @@ else  -- they live as long as the longest-lived session
   redis.call('PEXPIREAT', order, at, 'GT')
   redis.call('PEXPIREAT', groups_key, at, 'GT')
 end
-emit(stream, ARGV[10], 'evicted', ARGV[4], evicted, '[]')
-emit(stream, ARGV[10], 'created', ARGV[4], {id}, ARGV[5])
 
-if #evicted == 0 then
+local maxlen = ARGV[10]
+if maxlen ~= '0' then
+  if evicted then
+    h.emit(stream, maxlen, 'evicted', ARGV[4], evicted, '[]')
+  end
+  -- The created event, as emit() writes one (see _lib.lua): numbered by
+  -- the counter, unless it is new or its number is refused.
+  local n = redis.call('INCRBY', stream .. ':n', 1)
+  if n == 1 or type(redis.pcall('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', maxlen,
+      string.format('%d-%d', now, n), 'type', 'created', 'user', ARGV[4], 'sessions', id,
+      'groups', ARGV[5])) ~= 'string' then
+    (h or helpers()).append_renumbered(stream, maxlen, now, 1, 'created', ARGV[4], id, ARGV[5])
+  end
+end
+
+if not evicted or #evicted == 0 then
   return value .. groups
 end
 local out = {value, groups}
