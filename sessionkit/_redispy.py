@@ -11,8 +11,10 @@ redis-py upgrade moves any of them.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from typing import Any, Final
+from collections.abc import Awaitable
+from typing import Any, Final, TypeVar
 
 import hiredis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
@@ -22,6 +24,8 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AskError, MovedError
+
+_T = TypeVar("_T")
 
 #: What a hiredis reader returns when a reply is not complete yet.
 INCOMPLETE: Final = NOT_ENOUGH_DATA
@@ -60,12 +64,34 @@ async def receive(parser: Any) -> None:
     await parser.read_from_socket()
 
 
+async def uncancelled(call: Awaitable[_T]) -> _T:
+    """Await one of redis-py's own coroutines without losing a cancellation
+    of the caller. On Python 3.11 redis-py bounds its writes with
+    `asyncio.wait_for`, which swallows a cancellation that arrives just as
+    the write ends (fixed in 3.12): the caller then went on as if never
+    cancelled (a cancelled `tail` read on, and a test session hung at its
+    end). The cancellation is raised here once the call is over."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    try:
+        result = await call
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        if task is not None and task.cancelling() > before:
+            raise asyncio.CancelledError from None
+        raise
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
+
+
 async def write(conn: AbstractConnection, payload: bytes) -> None:
     """Write packed commands on a connection, connecting it if needed.
     The caller bounds the time: redis-py's own write timeout runs the write
     in a new task on Python 3.11, which costs more than the write."""
     if not conn.is_connected:
-        await conn.connect()  # type: ignore[no-untyped-call]
+        await uncancelled(conn.connect())  # type: ignore[no-untyped-call]
     writer = conn._writer
     assert writer is not None
     writer.write(payload)
@@ -95,7 +121,7 @@ def dedicated_connection(source: ConnectionPool | ClusterNode) -> AbstractConnec
 
 
 async def acquire(pool: ConnectionPool) -> AbstractConnection:
-    conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    conn: AbstractConnection = await uncancelled(pool.get_connection())  # type: ignore[no-untyped-call]
     return conn
 
 
@@ -146,7 +172,7 @@ async def follow_redirect(client: RedisCluster, exc: MovedError | AskError) -> N
 
 async def reload_topology(client: RedisCluster) -> None:
     """Ask the cluster for its slots again (after a failover or a refused node)."""
-    await client.nodes_manager.initialize()
+    await uncancelled(client.nodes_manager.initialize())
 
 
 def check() -> None:

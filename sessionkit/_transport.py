@@ -659,7 +659,11 @@ class Transport:
         connection of its own, never in a batch; one server only. Not
         repeated: the caller decides, since it may have delivered."""
         if self._single is None:  # fakeredis: nothing to wait for in a batch
-            reply = await self._send_plain(pack(*parts))
+            try:
+                async with asyncio.timeout(wait):  # bounded here too
+                    reply = await self._send_plain(pack(*parts))
+            except builtins.TimeoutError as exc:
+                raise error(rx.TimeoutError(f"no answer in {wait:g} s"), operation) from exc
             if isinstance(reply, BaseException):
                 raise error(reply, operation) from reply
             return reply
@@ -697,7 +701,7 @@ class Transport:
         if not self._ready:
             async with self._init_lock:
                 if not self._ready:
-                    await self.client.initialize()
+                    await _redispy.uncancelled(self.client.initialize())
                     self._ready = True
 
     async def reload(self) -> None:
@@ -809,7 +813,7 @@ class Transport:
         off: the command through the client's public API."""
         name, *args = unpack(payload)
         try:
-            return await self.client.execute_command(name.decode(), *args)
+            return await _redispy.uncancelled(self.client.execute_command(name.decode(), *args))
         except rx.ResponseError as exc:
             return exc
 

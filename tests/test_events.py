@@ -287,6 +287,10 @@ async def test_tail_follows_changes_from_now(make_store: StoreFactory) -> None:
             await done.wait()
     finally:
         task.cancel()
+        # A cancelled tail stops at once: wait for it here, not in whatever
+        # runs after this test (the session's loop, when it closes).
+        stopped, _ = await asyncio.wait({task}, timeout=10)
+        assert stopped, f"tail did not stop when cancelled: {task.get_stack()}"
     assert all(e.user_id != "old" for e in got)  # from now: not before
     news = [e for e in got if e.user_id != "probe"]
     assert [e.type for e in news] == ["created", "groups_added", "all_deleted"]

@@ -80,6 +80,35 @@ def test_the_redis_py_internals_the_transport_uses_are_there() -> None:
     _redispy.check()
 
 
+async def _swallows_a_cancel(result: object = "went on") -> object:
+    """What Python 3.11's `asyncio.wait_for` (under redis-py's writes) does
+    when a cancellation arrives just as its inner write ends."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        if isinstance(result, BaseException):
+            raise result from None
+        return result
+    return "not cancelled"
+
+
+async def test_a_cancellation_redis_py_swallows_still_cancels_the_caller() -> None:
+    for inner in ("went on", rx.ConnectionError("then failed")):
+        task = asyncio.ensure_future(_redispy.uncancelled(_swallows_a_cancel(inner)))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # Nothing changes for a call that was not cancelled, or that failed.
+    assert await _redispy.uncancelled(asyncio.sleep(0, "done")) == "done"
+    with pytest.raises(rx.ConnectionError):
+        await _redispy.uncancelled(_raises(rx.ConnectionError("down")))
+
+
+async def _raises(exc: BaseException) -> None:
+    raise exc
+
+
 def test_the_error_table_types_every_redis_fault_and_nothing_else() -> None:
     f = _transport.classify
     assert f(rx.ConnectionError()) is _transport.Fault.BROKEN
