@@ -75,9 +75,7 @@ async def uncancelled(call: Awaitable[_T]) -> _T:
     before = task.cancelling() if task is not None else 0
     try:
         result = await call
-    except asyncio.CancelledError:
-        raise
-    except BaseException:
+    except Exception:  # a failure after the swallowed cancellation: still cancelled
         if task is not None and task.cancelling() > before:
             raise asyncio.CancelledError from None
         raise
