@@ -44,6 +44,8 @@ import re
 import secrets
 from typing import Final
 
+from redis.crc import key_slot
+
 from sessionkit.defaults import BUCKETS
 
 TOKEN_RANDOM_BYTES: Final = 32
@@ -123,6 +125,27 @@ def session_id_bucket(value: object) -> int | None:
 def user_prefix(prefix: str, bucket: int) -> str:
     """``<prefix>:{<tag>}:``, the start of every key of the users in `bucket`."""
     return f"{prefix}:{{{bucket:04x}}}:"
+
+
+#: Each bucket's Redis Cluster slot (its hash tag's): a call routes by a
+#: lookup here, not by hashing its key again.
+BUCKET_SLOTS: Final = tuple(key_slot(f"{b:04x}".encode()) for b in range(BUCKETS))
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag_slot(tag: str) -> int:
+    return key_slot(tag.encode())
+
+
+def slot_of(key: str) -> int:
+    """The cluster slot of any key, as the server computes it (a key of
+    sessionkit's layout: its bucket's, `BUCKET_SLOTS`)."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return _tag_slot(key[start + 1 : end])
+    return key_slot(key.encode())
 
 
 def session_key(prefix: str, bucket: int, sid: str) -> str:

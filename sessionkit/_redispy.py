@@ -148,6 +148,14 @@ def node_for_slot(client: RedisCluster, slot: int) -> ClusterNode:
     return node
 
 
+def slot_table(client: RedisCluster) -> object:
+    """The client's slot table, as an identity: redis-py builds a new one
+    each time it reads the cluster's slots (a slot it moves on a MOVED
+    changes it in place)."""
+    table: object = client.nodes_manager.slots_cache
+    return table
+
+
 def node_at(client: RedisCluster, host: str, port: int) -> ClusterNode | None:
     node: ClusterNode | None = client.nodes_manager.get_node(host, port)
     return node
@@ -204,7 +212,7 @@ def check() -> None:
         missing.append("AbstractConnection.read_response(push_request=)")
     from redis.asyncio.cluster import NodesManager
 
-    for name in ("get_node_from_slot", "get_node", "move_slot", "initialize"):
+    for name in ("get_node_from_slot", "get_node", "move_slot", "initialize", "slots_cache"):
         if not hasattr(NodesManager, name):
             missing.append(f"NodesManager.{name}")
     if missing:

@@ -181,20 +181,31 @@ class Settings:
 
 class Call(msgspec.Struct, frozen=True, gc=False):
     """One script call as `Transport.call` sends it: the script (its
-    source goes instead if the server lost it), the key that routes the
-    call on a cluster, and the call packed (an EVALSHA). A msgspec struct:
+    source goes instead if the server lost it), the cluster slot of its
+    keys (which routes it on a cluster), and the call packed (an EVALSHA).
+    A msgspec struct:
     made in C, a third of a named tuple's cost, on every call's path; kept
     out of the garbage collector, since nothing it holds can refer back to
     it."""
 
     script: Script
-    key: str | None
+    slot: int
     payload: bytes
 
 
-def script_call(script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> Call:
-    """A call of `script` with these keys and arguments."""
-    return Call(script, keys[0] if keys else None, pack_script(script.sha, keys, args))
+#: (`script_call`'s argument `keys` hides the module.)
+_BUCKET_SLOTS: Final = keys.BUCKET_SLOTS
+_slot_of: Final = keys.slot_of
+
+
+def script_call(
+    script: Script, keys: tuple[str, ...], args: tuple[Any, ...], *, bucket: int | None = None
+) -> Call:
+    """A call of `script` with these keys and arguments; `bucket`, the
+    bucket whose keys they are, if known (its slot is then looked up)."""
+    if bucket is not None:
+        return Call(script, _BUCKET_SLOTS[bucket], pack_script(script.sha, keys, args))
+    return Call(script, _slot_of(keys[0]) if keys else 0, pack_script(script.sha, keys, args))
 
 
 def _user_keys(s: Settings, bucket: int, digest: str) -> tuple[str, str, str]:
@@ -227,7 +238,7 @@ def create_call(
     skey = keys.session_key(s.prefix, bucket, sid)
     return Call(
         Scripts.create,
-        skey,
+        _BUCKET_SLOTS[bucket],
         s.create_template.pack(
             skey,
             *_user_keys(s, bucket, digest),
@@ -248,7 +259,7 @@ def get_call(s: Settings, bucket: int, sid: str, digest: str = "") -> Call:
     skey = keys.session_key(s.prefix, bucket, sid)
     return Call(
         Scripts.get,
-        skey,
+        _BUCKET_SLOTS[bucket],
         s.get_template.pack(skey, keys.user_prefix(s.prefix, bucket), digest, sid),
     )
 
@@ -273,7 +284,10 @@ def token_read(s: Settings, token: object) -> TokenRead | None:
 
 def list_call(s: Settings, bucket: int, digest: str) -> Call:
     return script_call(
-        Scripts.list, (*_user_keys(s, bucket, digest), keys.user_prefix(s.prefix, bucket)), ()
+        Scripts.list,
+        (*_user_keys(s, bucket, digest), keys.user_prefix(s.prefix, bucket)),
+        (),
+        bucket=bucket,
     )
 
 
@@ -286,6 +300,7 @@ def delete_call(s: Settings, uid: str, digest: str, bucket: int, sid: str) -> Ca
             keys.events_key(s.prefix, bucket),
         ),
         (digest, sid, *_events(s, uid)),
+        bucket=bucket,
     )
 
 
@@ -298,6 +313,7 @@ def delete_all_call(s: Settings, uid: str, digest: str, bucket: int, keep: str) 
             keys.events_key(s.prefix, bucket),
         ),
         (keep, *_events(s, uid)),
+        bucket=bucket,
     )
 
 
@@ -308,6 +324,7 @@ def groups_call(
         Scripts.groups,
         (*_user_keys(s, bucket, digest), keys.events_key(s.prefix, bucket)),
         (mode, MAX_GROUPS_PER_SESSION, *_events(s, uid, groups), *groups),
+        bucket=bucket,
     )
 
 

@@ -10,11 +10,11 @@ The store's scripts and the event consumer's commands all go through one
   under load, for a free slot on the lane: `MAX_IN_FLIGHT` exchanges out at
   once on a server, one on a cluster node, so batches grow with the load),
   writes them all in one buffer on one pooled connection, and reads every reply
-  out of hiredis in bulk. No task and no coroutine per reply. When a slot
-  is free and the queue holds half the lane's calls (at least `FLUSH_AT`),
-  the caller that filled it sends it at once: the server then works on one
-  batch while this process handles the replies of the other, instead of
-  the two taking turns.
+  out of hiredis in bulk. No task and no coroutine per reply. When a
+  server's lane has a slot free and its queue holds half the lane's calls
+  (at least `FLUSH_AT`), the caller that filled it sends it at once: the
+  server then works on one batch while this process handles the replies
+  of the other, instead of the two taking turns.
 * **Errors.** One table, `classify`, says what each redis-py exception means
   (a broken connection, a slot move, a timeout, a refusal, a lost script)
   and `error` turns it into ours.
@@ -34,7 +34,6 @@ import asyncio
 import builtins
 import contextlib
 import enum
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -44,9 +43,9 @@ import msgspec
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.crc import key_slot
 
 from sessionkit import _redispy
+from sessionkit._keys import slot_of
 from sessionkit._resp import as_eval, pack, pack_script, unpack
 from sessionkit._scripts import Call, Script
 from sessionkit.errors import BackendError, BackendTimeout, BackendUnavailable, SessionKitError
@@ -61,9 +60,9 @@ MAX_BATCH: Final = 512
 MAX_IN_FLIGHT: Final = 2
 
 #: The fewest queued calls that go out before the end of the loop tick
-#: (when fewer than `MAX_IN_FLIGHT` exchanges are out): half the lane's
-#: calls, but never batches smaller than this, whose write would cost more
-#: than the wait.
+#: (when fewer than `MAX_IN_FLIGHT` exchanges are out on a server's lane):
+#: half the lane's calls, but never batches smaller than this, whose write
+#: would cost more than the wait.
 FLUSH_AT: Final = 8
 
 #: How many times a call follows MOVED / ASK before it gives up; from the
@@ -154,26 +153,6 @@ class _Lost(rx.ConnectionError):
     """The connection failed under a batch in a way redis-py did not type
     (it was closed by a topology reload, say): the batch's unread calls are
     treated as on a broken connection."""
-
-
-# -- routing --------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4096)
-def _tag_slot(tag: str) -> int:
-    return key_slot(tag.encode())
-
-
-def slot_of(key: str) -> int:
-    """The cluster slot of `key`, as the server computes it. Every key of
-    sessionkit carries a hash tag, one of 1,024: its slot is looked up, not
-    computed again on every call."""
-    start = key.find("{")
-    if start >= 0:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return _tag_slot(key[start + 1 : end])
-    return key_slot(key.encode())
 
 
 # -- calls and lanes ------------------------------------------------------
@@ -465,10 +444,14 @@ async def _send_on(
     try:
         if len(queue) == 1:
             await _lead(lane, source)
-        elif len(queue) >= max(FLUSH_AT, lane.calls >> 1) and lane.busy < lane.most:
+        elif (
+            lane.most > 1 and lane.busy < lane.most and len(queue) >= max(FLUSH_AT, lane.calls >> 1)
+        ):
             # Half the calls out on the lane and a free slot: out now, on
             # this task, while the rest of this tick's callers are still
-            # coming, so the server works while this process does.
+            # coming, so the server works while this process does. (Not on
+            # a lane of one exchange, a cluster node's: the other nodes
+            # keep the process busy, and its batch would only be smaller.)
             lane.queue = []
             await _send_batch(lane, source, queue)
         assert call.future is not None
@@ -551,6 +534,11 @@ class Transport:
             self._single = (_Lane(), _PoolConnections(client.connection_pool))
         self._batching = batching
         self._nodes: dict[str, tuple[_Lane, _NodeConnections]] = {}
+        #: Each slot's lane, as long as the client's slot table is the one
+        #: they were read from (`_routes_of`) and no slot moved since: a
+        #: call's route is one lookup.
+        self._routes: dict[int, tuple[_Lane, _NodeConnections]] = {}
+        self._routes_of: object = None
         self._ready = not self.cluster
         self._init_lock = anyio.Lock()
         self._watchers: list[Callable[[], None]] = []
@@ -567,7 +555,7 @@ class Transport:
             if self._single is not None:
                 reply = await _send_on(*self._single, call.payload, batching=self._batching)
             else:
-                reply = await self._send(call.key, call.payload, None)
+                reply = await self._send(call.slot, call.payload, None)
         except Exception as exc:  # no connection to be had: as a broken one
             if classify(exc) is None:
                 raise
@@ -575,12 +563,12 @@ class Transport:
         if not isinstance(reply, BaseException):
             return reply
         return await self._retrying(
-            call.script.name, call.key, call.payload, call.script, first=reply
+            call.script.name, call.slot, call.payload, call.script, first=reply
         )
 
     async def command(self, operation: str, key: str | None, *parts: str | bytes | int) -> Any:
         """One plain command (safe to repeat), routed by `key` on a cluster."""
-        return await self._retrying(operation, key, pack(*parts), None)
+        return await self._retrying(operation, slot_of(key) if key else 0, pack(*parts), None)
 
     async def commands(
         self, operation: str, calls: Sequence[tuple[str, tuple[str | bytes | int, ...]]]
@@ -608,7 +596,7 @@ class Transport:
                     key, payload = payloads[i]
                     try:
                         replies[i] = await self._retrying(
-                            operation, key, payload, None, refusals=True
+                            operation, slot_of(key), payload, None, refusals=True
                         )
                     except SessionKitError as exc:
                         replies[i] = exc
@@ -717,6 +705,7 @@ class Transport:
         self._watchers.append(callback)
 
     def _topology_changed(self) -> None:
+        self._routes = {}
         for callback in self._watchers:
             callback()
 
@@ -725,7 +714,7 @@ class Transport:
     async def _retrying(
         self,
         operation: str,
-        key: str | None,
+        slot: int,
         payload: bytes,
         script: Script | None,
         *,
@@ -742,7 +731,7 @@ class Transport:
         while True:
             if reply is _UNSENT:
                 try:
-                    reply = await self._send(key, payload, ask)
+                    reply = await self._send(slot, payload, ask)
                 except Exception as exc:  # no connection to be had: as a broken one
                     if classify(exc) is None:
                         raise
@@ -787,7 +776,7 @@ class Transport:
 
     # -- routing ----------------------------------------------------------
 
-    async def _send(self, key: str | None, payload: bytes, ask: tuple[str, int] | None) -> Any:
+    async def _send(self, slot: int, payload: bytes, ask: tuple[str, int] | None) -> Any:
         if self._single is not None:
             return await _send_on(*self._single, payload, batching=self._batching)
         if not self.cluster:
@@ -802,11 +791,21 @@ class Transport:
                 _NodeConnections(node), (_Call(pack("ASKING")), _Call(payload))
             )
             return replies[1]
-        node = _redispy.node_for_slot(self.client, slot_of(key) if key else 0)
+        table = _redispy.slot_table(self.client)
+        if table is not self._routes_of:  # redis-py read the cluster's slots anew
+            self._routes, self._routes_of = {}, table
+        route = self._routes.get(slot)
+        if route is None:
+            route = self._routes[slot] = self._lane_for(slot)
+        return await _send_on(*route, payload, batching=self._batching)
+
+    def _lane_for(self, slot: int) -> tuple[_Lane, _NodeConnections]:
+        """The lane of the node that serves `slot` now."""
+        node = _redispy.node_for_slot(self.client, slot)
         lane = self._nodes.get(node.name)
         if lane is None or lane[1].node is not node:
             lane = self._nodes[node.name] = (_Lane(1), _NodeConnections(node))
-        return await _send_on(*lane, payload, batching=self._batching)
+        return lane
 
     async def _send_plain(self, payload: bytes) -> Any:
         """A client that is not redis-py's own (fakeredis) or with batching

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection
+from redis.crc import key_slot
 
 from sessionkit._resp import Template, as_eval, pack, pack_script, unpack
 from sessionkit._scripts import Scripts, Settings, create_call, get_call
@@ -51,7 +52,7 @@ def test_the_get_call_is_the_whole_call_packed_from_its_template() -> None:
     call = get_call(settings, 1, "abc", "digest")
     theirs = redis_py("EVALSHA", Scripts.get.sha, 2, *KEYS, "digest", "abc", 500, 60_000, 250)
     assert call.payload == theirs
-    assert call.key == KEYS[0] and call.script is Scripts.get
+    assert call.slot == key_slot(KEYS[0].encode()) and call.script is Scripts.get
 
 
 @pytest.mark.parametrize("events_maxlen", [1000, 0])
@@ -64,7 +65,7 @@ def test_the_create_call_is_the_whole_call_packed_from_its_template(events_maxle
     args = ("abc", "digest", b'{"u":"\xc3\xbc1"}', *events, "\0b\0a\0", 1000, 500, 10)
     theirs = redis_py("EVALSHA", Scripts.create.sha, 6, *keys, *args, events_maxlen)
     assert call.payload == theirs
-    assert call.key == keys[0] and call.script is Scripts.create
+    assert call.slot == key_slot(keys[0].encode()) and call.script is Scripts.create
 
 
 @pytest.mark.parametrize("keys", [KEYS, ()])

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as rx
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
@@ -28,7 +29,9 @@ from sessionkit import (
     _transport,
 )
 from sessionkit import _keys as keys
-from sessionkit._scripts import Scripts, script_call
+from sessionkit import _scripts as scripts
+from sessionkit._scripts import Scripts, Settings, script_call
+from sessionkit.defaults import BUCKETS
 from sessionkit.events import EventConsumer
 from sessionkit.server import EmbeddedCluster
 
@@ -72,8 +75,33 @@ def _split(payload: bytes) -> list[list[bytes]]:
     ["sk:{007b}:s:abc", "{a}{b}", "a{}b", "{}", "{", "}{a}", "{{a}", "no tag", "ü{ü}", "x{y"],
 )
 def test_a_key_is_routed_to_the_slot_the_server_gives_it(key: str) -> None:
-    assert _transport.slot_of(key) == key_slot(key.encode())
-    assert _transport.slot_of(key) == key_slot(key.encode())  # looked up the second time
+    assert keys.slot_of(key) == key_slot(key.encode())
+    assert keys.slot_of(key) == key_slot(key.encode())  # looked up the second time
+
+
+def test_every_call_routes_to_the_slot_of_every_key_it_names() -> None:
+    """A call carries its bucket's slot, looked up rather than hashed from
+    a key on every call: it must be the slot the server gives each key."""
+    settings = Settings("sk:app", 1000, 500, 10, 60_000, 100)
+    digest, bucket = keys.user_digest("ü:{alice}")
+    sid = keys.session_id(keys.new_token(bucket))
+    calls = [
+        scripts.create_call(settings, "ü:{alice}", digest, bucket, sid, b"{}", ("g",)),
+        scripts.get_call(settings, bucket, sid, digest),
+        scripts.get_call(settings, bucket, sid),
+        scripts.list_call(settings, bucket, digest),
+        scripts.delete_call(settings, "ü:{alice}", digest, bucket, sid),
+        scripts.delete_all_call(settings, "ü:{alice}", digest, bucket, ""),
+        scripts.groups_call(settings, "add", "ü:{alice}", digest, bucket, ("g",)),
+    ]
+    for call in calls:
+        _, _, numkeys, *rest = _resp.unpack(call.payload)
+        named = rest[: int(numkeys)]
+        assert named and {key_slot(k) for k in named} == {call.slot}
+    # Every bucket's, whatever the prefix.
+    assert len(keys.BUCKET_SLOTS) == BUCKETS
+    for b, slot in enumerate(keys.BUCKET_SLOTS):
+        assert slot == key_slot(keys.events_key("sk:app", b).encode())
 
 
 def test_the_redis_py_internals_the_transport_uses_are_there() -> None:
@@ -195,6 +223,38 @@ async def test_a_full_queue_goes_out_on_the_caller_that_filled_it(
         assert [g.id if g else None for g in got] == [s.id for s in made]
         assert [len(cmds) for _, _, cmds in writes.log] == [1, flush, 20 - 1 - flush]
         assert [task for _, task, _ in writes.log] == [tasks[0], tasks[flush], tasks[flush + 1]]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("most", [2, 1])
+async def test_only_a_server_s_lane_sends_a_queue_early(
+    server_url: str, most: int, writes: Writes
+) -> None:
+    """Calls that queue while a slot is free: on a server's lane (two
+    exchanges) the caller that fills half the queue sends it, so the server
+    works meanwhile; on a cluster node's (one) they wait for the leader,
+    and go as one batch: the other nodes keep this process busy, and a
+    batch split in two would cost a second write."""
+    client = aioredis.Redis.from_url(server_url)
+    lane, source = _transport._Lane(most), _transport._PoolConnections(client.connection_pool)
+    ping = _resp.pack("PING")
+    try:
+        lane.busy = most  # every slot taken by exchanges of others
+        calls = [asyncio.ensure_future(_transport._send_on(lane, source, ping)) for _ in range(4)]
+        for _ in range(2):  # queued, behind a leader waiting for a slot
+            await asyncio.sleep(0)
+        lane.busy -= 1  # one of those exchanges ends
+        calls += [asyncio.ensure_future(_transport._send_on(lane, source, ping)) for _ in range(16)]
+        await asyncio.sleep(0)  # the rest arrive, with the slot free
+        lane.wake()
+        got = await asyncio.wait_for(asyncio.gather(*calls), 5)
+        assert got == [b"PONG"] * 20
+        flush = _transport.FLUSH_AT
+        sizes = [len(cmds) for _, _, cmds in writes.log]
+        assert sizes == ([flush, 20 - flush] if most == 2 else [20])
+    finally:
+        await source.drop()
+        await client.aclose()
 
 
 class CuttingProxy:
@@ -541,6 +601,36 @@ async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: 
             assert _node_slots(store.client)[slot] == src_port
             assert [await _topology_reads(n) for n in others] == reloads
             assert await store.add_groups("alice", "h") == 1
+        finally:
+            for c in (src, dst, *others):
+                await c.aclose()
+
+
+@pytest.mark.cluster
+async def test_a_slot_table_read_anew_routes_calls_without_a_redirect(
+    own_cluster: EmbeddedCluster, prefix: str, writes: Writes
+) -> None:
+    """The transport keeps each slot's node; when redis-py reads the
+    cluster's slots anew on its own (for another user of the client, say),
+    the next call goes where the new table says, not to the node kept."""
+    async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
+        made, slot, src_port, dst_port = await _a_slot_to_move(store, own_cluster, prefix, "carol")
+        assert await store.resolve(made.token or "") is not None  # the route is kept
+        src, dst = await _node(own_cluster, src_port), await _node(own_cluster, dst_port)
+        others = [await _node(own_cluster, n.port) for n in own_cluster.nodes[:3]]
+        try:
+            _, dst_id = await _move_keys(src, dst, slot, dst_port)
+            for node in others:
+                await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+            client = store.client
+            assert isinstance(client, RedisCluster)
+            await client.nodes_manager.initialize()
+            assert _node_slots(store.client)[slot] == dst_port
+            await store.load_scripts()  # on every node: one EVALSHA, no EVAL after it
+            writes.log.clear()
+            got = await store.resolve(made.token or "")
+            assert got is not None and got.id == made.id
+            assert [port for port, _, _ in writes.log] == [dst_port]
         finally:
             for c in (src, dst, *others):
                 await c.aclose()
