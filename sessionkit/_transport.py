@@ -3,14 +3,15 @@
 The store's scripts and the event consumer's commands all go through one
 `Transport`. It owns three things and nothing more:
 
-* **Batching.** A call made while nothing else is in flight on its lane (the
-  server, or on a cluster the node that serves its slot) is written at once,
-  on the calling task. Calls that overlap are queued; the first queued
-  caller leads: it waits one loop tick for the calls of the same tick (and,
-  under load, for a free slot on the lane: `MAX_IN_FLIGHT` exchanges out at
-  once on a server, one on a cluster node, so batches grow with the load),
-  writes them all in one buffer on one pooled connection, and reads every reply
-  out of hiredis in bulk. No task and no coroutine per reply. When a
+* **Batching.** A call made while nothing else is in flight (on the
+  server, or on any node of a cluster) is written at once, on the calling
+  task. Calls that overlap are queued, each on its lane (the server, or the
+  node that serves its slot); the first queued caller leads: it waits one
+  loop tick for the calls of the same tick (and, under load, for a free
+  slot on the lane: `MAX_IN_FLIGHT` exchanges out at once on a server, one
+  on a cluster node, so batches grow with the load), writes them all in
+  one buffer on one pooled connection, and reads every reply out of
+  hiredis in bulk. No task and no coroutine per reply. When a
   server's lane has a slot free and its queue holds half the lane's calls
   (at least `FLUSH_AT`), the caller that filled it sends it at once: the
   server then works on one batch while this process handles the replies
@@ -423,14 +424,20 @@ async def _exchange_all(source: _Connections, payloads: Sequence[tuple[str, byte
 
 
 async def _send_on(
-    lane: _Lane, source: _Connections, payload: bytes, *, batching: bool = True
+    lane: _Lane,
+    source: _Connections,
+    payload: bytes,
+    *,
+    batching: bool = True,
+    alone: bool = True,
 ) -> Any:
-    """One call on `lane`: at once when the lane is idle (or batching is off),
+    """One call on `lane`: at once when the lane is idle and the call is
+    `alone` (no call in flight on other lanes either), or batching is off;
     else in the next batch. Returns the reply (or the error instance) the
     call got."""
     if not batching:
         return (await _exchange(source, (_Call(payload),)))[0]
-    if not lane.busy and not lane.queue:
+    if not lane.busy and not lane.queue and alone:
         lane.busy += 1
         try:
             return (await _exchange(source, (_Call(payload),)))[0]
@@ -539,6 +546,8 @@ class Transport:
         #: call's route is one lookup.
         self._routes: dict[int, tuple[_Lane, _NodeConnections]] = {}
         self._routes_of: object = None
+        #: Calls in flight (sent or queued) on a cluster's lanes.
+        self._cluster_calls = 0
         self._ready = not self.cluster
         self._init_lock = anyio.Lock()
         self._watchers: list[Callable[[], None]] = []
@@ -797,7 +806,17 @@ class Transport:
         route = self._routes.get(slot)
         if route is None:
             route = self._routes[slot] = self._lane_for(slot)
-        return await _send_on(*route, payload, batching=self._batching)
+        # A call goes out at once only when no other is in flight on any
+        # node: under load, the caller that finds its node idle would
+        # otherwise send its call alone, and the calls of its tick behind
+        # it would wait for that exchange to end.
+        self._cluster_calls += 1
+        try:
+            return await _send_on(
+                *route, payload, batching=self._batching, alone=self._cluster_calls == 1
+            )
+        finally:
+            self._cluster_calls -= 1
 
     def _lane_for(self, slot: int) -> tuple[_Lane, _NodeConnections]:
         """The lane of the node that serves `slot` now."""

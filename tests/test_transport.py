@@ -419,6 +419,38 @@ async def test_a_cluster_gets_one_batch_per_node(
             assert all(owner[key_slot(cmd[3])] == port for cmd in cmds)
 
 
+@pytest.mark.cluster
+async def test_a_cluster_call_goes_alone_only_when_no_node_has_a_call_in_flight(
+    cluster_url: str, prefix: str, writes: Writes
+) -> None:
+    """A call alone goes out at once, on its own task. Under load, a call
+    whose node is idle joins the calls of its tick instead: sent alone, it
+    would make them wait for its exchange to end."""
+    async with SessionStore.from_url(cluster_url, prefix=prefix) as store:
+        made = [await store.create(f"u{i}") for i in range(40)]
+        await store.load_scripts()
+        owner = _node_slots(store.client)
+        on: dict[int, list[Session]] = {}
+        for s in made:
+            bucket = keys.session_id_bucket(s.id)
+            assert bucket is not None
+            on.setdefault(owner[keys.BUCKET_SLOTS[bucket]], []).append(s)
+        (a, on_a), (b, on_b) = list(on.items())[:2]
+        assert len(on_b) >= 5
+        writes.log.clear()
+        for s in made[:10]:
+            assert await store.resolve(s.token or "") is not None
+        me = asyncio.current_task()
+        assert [(task, len(cmds)) for _, task, cmds in writes.log] == [(me, 1)] * 10
+        writes.log.clear()
+        first = asyncio.ensure_future(store.resolve(on_a[0].token or ""))
+        await asyncio.sleep(0)  # out at once, and in flight
+        rest = [asyncio.ensure_future(store.resolve(s.token or "")) for s in on_b[:5]]
+        got = await asyncio.gather(first, *rest)
+        assert all(g is not None for g in got)
+        assert [(port, len(cmds)) for port, _, cmds in writes.log] == [(a, 1), (b, 5)]
+
+
 @pytest.mark.server
 @pytest.mark.filterwarnings("ignore::ResourceWarning")  # redis-py leaves the first loop's sockets
 def test_a_store_serves_one_event_loop_after_another(server_url: str, prefix: str) -> None:
