@@ -183,10 +183,9 @@ class Call(msgspec.Struct, frozen=True, gc=False):
     """One script call as `Transport.call` sends it: the script (its
     source goes instead if the server lost it), the cluster slot of its
     keys (which routes it on a cluster), and the call packed (an EVALSHA).
-    A msgspec struct:
-    made in C, a third of a named tuple's cost, on every call's path; kept
-    out of the garbage collector, since nothing it holds can refer back to
-    it."""
+    A msgspec struct: made in C, a third of a named tuple's cost, on every
+    call's path; kept out of the garbage collector, since nothing it holds
+    can refer back to it."""
 
     script: Script
     slot: int
