@@ -404,7 +404,14 @@ class SessionStore:
         if read is None:
             return None
         bucket, sid, call = read
-        return await self._read(call, bucket, sid, token)
+        if self._near is not None:
+            return await self._read(call, bucket, sid, token)
+        # `_read` without a near cache, inline: the call every request
+        # makes is a coroutine frame shallower (3 % of its instructions).
+        raw = await self.transport.call(call)
+        if not raw:
+            return None
+        return decode_session(raw, None, sid, token, self.idle_timeout_ms)
 
     def _token_read(self, token: object) -> scripts.TokenRead | None:
         """What `token` derives (see `TOKENS_CACHED`), or None if it is not
