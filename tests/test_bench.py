@@ -196,9 +196,12 @@ async def test_interleaved_runs_take_turns_in_rotating_order_and_sum_them() -> N
     """Each implementation runs in `slices` turns, their order rotating, so
     that all of them see the same moments; each result sums its turns."""
     log: list[str] = []
+    turns: list[tuple[str, random.Random]] = []  # each turn's worker has an rng of its own
 
     async def step(impl: Impl, state: Any, rng: random.Random) -> None:
         log.append(impl.name)
+        if not any(r is rng for _, r in turns):
+            turns.append((impl.name, rng))
         await asyncio.sleep(0.002)
 
     scenario = Scenario("probe", frozenset(), _no_prepare, step)
@@ -206,14 +209,13 @@ async def test_interleaved_runs_take_turns_in_rotating_order_and_sum_them() -> N
     results = await run_interleaved(
         scenario, [(a, None), (b, None)], concurrency=1, duration=0.3, slices=3
     )
-    # Turns a, b | b, a | a, b: the middle runs are two turns each.
-    runs = [(name, len(list(calls))) for name, calls in itertools.groupby(log)]
-    assert [name for name, _ in runs] == ["a", "b", "a", "b"]
-    (_, first), (_, second), (_, third), (_, last) = runs
-    assert min(second, third) > 1.5 * max(first, last)
+    # Turns a, b | b, a | a, b, whatever a loaded machine lets each do.
+    assert [name for name, _ in turns] == ["a", "b", "b", "a", "a", "b"]
+    assert [name for name, _ in itertools.groupby(log)] == ["a", "b", "a", "b"]
     assert [r.impl for r in results] == ["a", "b"]
     assert [r.ops for r in results] == [log.count("a"), log.count("b")]
-    assert all(0.25 < r.seconds < 1.0 for r in results)  # three turns of 0.1 s each
+    # Three turns of 0.1 s each, however late the last call of one ends.
+    assert all(0.29 < r.seconds < 3.0 for r in results)
 
 
 async def _no_prepare(impl: Impl, rng: random.Random, scale: float) -> None:
