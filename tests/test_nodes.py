@@ -232,7 +232,9 @@ async def test_comprehensions_over_too_many_elements_are_refused_before_they_run
     assert small.link == "sessions" and [s["userId"] for s in small.value] == ["u3"]
     started = time.monotonic()
     big = await node.run({"ids": list(range(5000))})
-    assert time.monotonic() - started < 0.5  # refused, not run
+    # Refused, not run: running it would take minutes (400 elements took 3 s),
+    # so even a machine loaded by other tests stays far under this bound.
+    assert time.monotonic() - started < 5.0
     assert big.link == "errors" and big.value[0]["code"] == "expression_error"
     details = big.value[0]["details"]
     assert details["depth"] == 2 and details["maximum"] == MAX_COMPREHENSION_STEPS
