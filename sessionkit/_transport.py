@@ -559,10 +559,20 @@ class Transport:
         or our typed error after the retries this fault allows."""
         # The first try is sent from here, and the retry loop is entered
         # only after a fault: the call every request makes is two
-        # coroutine frames shallower.
+        # coroutine frames shallower (three on a cluster whose route to
+        # the call's slot is known).
         try:
             if self._single is not None:
                 reply = await _send_on(*self._single, call.payload, batching=self._batching)
+            elif self.cluster and (route := self._known_route(call.slot)) is not None:
+                self._cluster_calls += 1
+                try:
+                    alone = self._cluster_calls == 1
+                    reply = await _send_on(
+                        *route, call.payload, batching=self._batching, alone=alone
+                    )
+                finally:
+                    self._cluster_calls -= 1
             else:
                 reply = await self._send(call.slot, call.payload, None)
         except Exception as exc:  # no connection to be had: as a broken one
@@ -800,11 +810,11 @@ class Transport:
                 _NodeConnections(node), (_Call(pack("ASKING")), _Call(payload))
             )
             return replies[1]
-        table = _redispy.slot_table(self.client)
-        if table is not self._routes_of:  # redis-py read the cluster's slots anew
-            self._routes, self._routes_of = {}, table
-        route = self._routes.get(slot)
+        route = self._known_route(slot)
         if route is None:
+            table = _redispy.slot_table(self.client)
+            if table is not self._routes_of:  # redis-py read the cluster's slots anew
+                self._routes, self._routes_of = {}, table
             route = self._routes[slot] = self._lane_for(slot)
         # A call goes out at once only when no other is in flight on any
         # node: under load, the caller that finds its node idle would
@@ -817,6 +827,13 @@ class Transport:
             )
         finally:
             self._cluster_calls -= 1
+
+    def _known_route(self, slot: int) -> tuple[_Lane, _NodeConnections] | None:
+        """The lane of the node serving `slot`, if it is known and the slot
+        table it was read from is still the client's (see `_routes`)."""
+        if _redispy.slot_table(self.client) is not self._routes_of:
+            return None
+        return self._routes.get(slot)
 
     def _lane_for(self, slot: int) -> tuple[_Lane, _NodeConnections]:
         """The lane of the node that serves `slot` now."""
