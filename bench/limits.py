@@ -56,10 +56,11 @@ async def _drive(
 ) -> dict[str, Any]:
     done = 0
     errors = 0
+    missing = 0  # resolves that found no session: a ceiling of no work
     deadline = time.perf_counter() + seconds
 
     async def conn(offset: int) -> None:
-        nonlocal done, errors
+        nonlocal done, errors, missing
         reader, writer = await asyncio.open_connection(host, port)
         parser = hiredis.Reader()
         i = offset
@@ -74,13 +75,15 @@ async def _drive(
                     got += 1
                     if isinstance(reply, hiredis.ReplyError):
                         errors += 1
+                    elif reply is None:
+                        missing += 1
             done += depth
         writer.close()
 
     start = time.perf_counter()
     await asyncio.gather(*(conn(c * depth) for c in range(connections)))
     elapsed = time.perf_counter() - start
-    return {"ops_per_s": round(done / elapsed, 1), "errors": errors}
+    return {"ops_per_s": round(done / elapsed, 1), "errors": errors, "missing": missing}
 
 
 def _main() -> None:
