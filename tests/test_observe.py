@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sessionkit import BackendUnavailable, SessionStore, ValidationError
+from sessionkit import BackendUnavailable, Session, SessionStore, ValidationError
 from sessionkit.metrics import PrometheusMetrics
 from sessionkit.server import free_port
 from tests.conftest import StoreFactory
@@ -206,3 +206,39 @@ def test_the_store_s_operations_are_coroutine_functions_to_whoever_asks() -> Non
             assert inspect.iscoroutinefunction(method), name
         else:
             assert asyncio.iscoroutinefunction(method), name
+
+
+async def test_an_unobserved_store_calls_each_operation_without_the_reporting_layer(
+    make_store: StoreFactory,
+) -> None:
+    """With nothing to report to, a store's operations are their bodies
+    (the layer that reports a call would only forward it); an observed
+    store's go through it. Either way they are coroutine functions."""
+    from sessionkit.store import _OBSERVED
+
+    plain, observed = make_store(), make_store(metrics=PrometheusMetrics(CollectorRegistry()))
+    assert {"create", "get", "resolve", "list", "delete", "add_groups"} <= set(_OBSERVED)
+    for name, (wrapper, body) in _OBSERVED.items():
+        assert getattr(plain, name).__func__ is body, name
+        assert getattr(observed, name).__func__ is wrapper, name
+        assert inspect.iscoroutinefunction(getattr(plain, name)), name
+    made = await plain.create("dora")
+    assert made.token is not None and (await plain.resolve(made.token)) == made
+
+
+async def test_a_subclass_s_own_operation_stays_its_own(server_url: str, prefix: str) -> None:
+    """A subclass that overrides an operation keeps its override on a store
+    with no observer; the operations it does not override are the store's."""
+
+    resolved: list[str] = []
+
+    class Audited(SessionStore):
+        async def resolve(self, token: str) -> Session | None:
+            resolved.append(token[:4])
+            return await super().resolve(token)
+
+    async with Audited.from_url(server_url, prefix=prefix) as store:
+        made = await store.create("erin")
+        assert made.token is not None
+        assert await store.resolve(made.token) == made
+        assert resolved == [made.token[:4]]
