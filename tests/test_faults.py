@@ -170,10 +170,15 @@ async def test_sessions_survive_kill_9_with_aof(fsync: str) -> None:
                 acknowledged.append((time.monotonic(), s))
 
         async def changer() -> None:
+            # Each change adds a group to every session of a user and, past
+            # the first 500, removes that user's oldest: at most 100 at a
+            # time, under the cap of 256 however fast the loop runs.
             n = 0
             while True:
                 try:
                     await store.add_groups(f"grp{n % 5}", f"x{n}")
+                    if n >= 500:
+                        await store.remove_groups(f"grp{n % 5}", f"x{n - 500}")
                 except BackendUnavailable:
                     return
                 n += 1
