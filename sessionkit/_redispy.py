@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import hiredis
@@ -53,10 +53,13 @@ def hiredis_parser(conn: AbstractConnection) -> Any | None:
     return None
 
 
-def next_reply(parser: Any) -> Any:
-    """The next complete reply already received, or `INCOMPLETE`. Error
-    replies come back as exception instances (redis-py's typed errors)."""
-    return parser._reader.gets()
+def replies_of(parser: Any) -> Callable[[], Any]:
+    """What returns the next complete reply the parser has received, or
+    `INCOMPLETE`, each time it is called (for one exchange: a reconnection
+    makes a new reader). Error replies come back as exception instances
+    (redis-py's typed errors)."""
+    gets: Callable[[], Any] = parser._reader.gets
+    return gets
 
 
 async def receive(parser: Any) -> None:

@@ -371,14 +371,17 @@ async def _exchange(source: _Connections, calls: Sequence[_Call]) -> list[Any]:
         else:
             want = len(calls)
             push = _redispy.PUSH
+            incomplete = _redispy.INCOMPLETE
+            gets = _redispy.replies_of(parser)
             while True:
-                reply = _redispy.next_reply(parser)
-                while reply is not _redispy.INCOMPLETE:
+                reply = gets()
+                while reply is not incomplete:
                     if reply.__class__ is not push:  # a notice, not a reply
                         replies.append(reply)
-                        if len(replies) == want:
+                        want -= 1
+                        if not want:
                             return replies
-                    reply = _redispy.next_reply(parser)
+                    reply = gets()
                 await _redispy.receive(parser)
                 if deadline is not None:
                     deadline.progress()
@@ -444,10 +447,14 @@ async def _send_on(
     queue.append(call)
     lane.calls += 1
     try:
-        if len(queue) == 1:
+        queued = len(queue)
+        if queued == 1:
             await _lead(lane, source)
         elif (
-            lane.most > 1 and lane.busy < lane.most and len(queue) >= max(FLUSH_AT, lane.calls >> 1)
+            lane.most > 1
+            and lane.busy < lane.most
+            and queued >= FLUSH_AT
+            and queued >= lane.calls >> 1
         ):
             # Half the calls out on the lane and a free slot: out now, on
             # this task, while the rest of this tick's callers are still
