@@ -94,8 +94,8 @@ def _observed(
     def wrap(
         method: Callable[Concatenate[SessionStore, P], Coroutine[Any, Any, R]],
     ) -> Callable[Concatenate[SessionStore, P], Coroutine[Any, Any, R]]:
-        # Not itself a coroutine function: it returns the method's coroutine,
-        # so an observed call is one coroutine frame, not two.
+        # Not itself a coroutine function: it returns the method's coroutine
+        # (or the observer's around it) and adds no coroutine frame of its own.
         def call(
             self: SessionStore, /, *args: P.args, **kwargs: P.kwargs
         ) -> Coroutine[Any, Any, R]:
