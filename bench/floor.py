@@ -7,7 +7,10 @@ store makes, and the same calls to a script that runs only their commands
 (``bench/floors/*.lua``), alternately, pipelined, on one connection, and
 reads EVALSHA's time per call from INFO commandstats (nothing else runs
 meanwhile, and EVALSHA's time holds the commands it runs). The ratio is
-the figure to watch: the absolute times move with the host.
+the figure to watch: the absolute times move with the host, and with what
+the server holds (``python -m bench`` measures both on a fresh server and
+on its own after the other sections: a million keys more make every
+command dearer, the script's and its floor's alike).
 """
 
 from __future__ import annotations
@@ -78,11 +81,23 @@ async def measure_floor(
     return out
 
 
-def lines(floor: dict[str, Any]) -> list[str]:
-    """The report's lines for `measure_floor`'s figures."""
+def lines(floor: dict[str, Any], where: str = "") -> list[str]:
+    """The report's lines for `measure_floor`'s figures, `where` after each
+    op's name (which server they were measured on)."""
     return [
-        f"{op}: {v['script_us']:.1f} µs of server time per call, its commands alone "
+        f"{op}{where}: {v['script_us']:.1f} µs of server time per call, its commands alone "
         f"{v['floor_us']:.1f} µs ({v['ratio']:.2f}×)"
         for op, v in floor.items()
         if isinstance(v, dict)
     ]
+
+
+def all_lines(ceiling: dict[str, Any]) -> list[str]:
+    """The lines for both measurements: on a fresh private server (the
+    scripts' own cost) and on the run's server after its sections."""
+    out = []
+    for key, where in (("floor", "fresh server"), ("floor_loaded", "the run's server")):
+        measured = ceiling.get(key) or {}
+        if measured:
+            out += lines(measured, f" ({where}, holding {measured.get('keys', 0):,} keys)")
+    return out

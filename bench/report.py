@@ -235,7 +235,7 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
             console.print(
                 f"sessionkit {r['scenario']}: {r['ratio']:.0%} of the {r['ceiling']} ceiling"
             )
-    for line in floor.lines(ceiling.get("floor") or {}):
+    for line in floor.all_lines(ceiling):
         console.print(line)
     for name, val in doc["memory"].items():
         if isinstance(val, dict):
@@ -291,7 +291,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"- {key}: {val['ops_per_s']:,.0f} ops/s "
                 f"({val['connections']} connections, depth {val['depth']})"
             )
-    floor_lines = floor.lines(doc["ceiling"].get("floor") or {})
+    floor_lines = floor.all_lines(doc["ceiling"])
     if floor_lines:
         lines += ["", "Each hot script against its commands alone (server time, EVALSHA):", ""]
         lines += [f"- {line}" for line in floor_lines]
