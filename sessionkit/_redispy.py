@@ -4,7 +4,8 @@ redis-py makes the connections (address, AUTH, TLS, pools, cluster topology);
 the transport only writes packed commands on a connection it was given and
 reads the replies straight out of that connection's hiredis reader, without a
 coroutine per reply. Those two steps touch attributes that are not public
-API. Every such use is a function here, and `check()` (run by
+API (and one of asyncio's: the loop a connection's stream reader runs on).
+Every such use is a function here, and `check()` (run by
 ``tests/test_transport.py``) fails loudly, naming what changed, if a
 redis-py upgrade moves any of them.
 """
@@ -99,6 +100,17 @@ async def write(conn: AbstractConnection, payload: bytes) -> None:
     await writer.drain()
 
 
+def loop_of(conn: AbstractConnection) -> asyncio.AbstractEventLoop:
+    """The event loop a connection runs on: its stream reader's, read
+    without `asyncio.get_running_loop` (a system call on Python 3.11); the
+    running loop while it is not connected."""
+    reader = conn._reader
+    if reader is None:
+        return asyncio.get_running_loop()
+    loop: asyncio.AbstractEventLoop = reader._loop  # type: ignore[attr-defined]
+    return loop
+
+
 def socket_timeout(conn: AbstractConnection) -> float | None:
     timeout = conn.socket_timeout
     return None if timeout is None else float(timeout)
@@ -191,7 +203,10 @@ def check() -> None:
     parser = _AsyncHiredisParser(socket_read_size=65536)
     for owner, names in (
         (parser, ("_reader", "read_from_socket", "_stream")),
-        (AbstractConnection, ("_parser", "_writer", "is_connected", "connect", "socket_timeout")),
+        (
+            AbstractConnection,
+            ("_parser", "_reader", "_writer", "is_connected", "connect", "socket_timeout"),
+        ),
         (
             ConnectionPool(),
             (
@@ -213,6 +228,12 @@ def check() -> None:
                 missing.append(f"{getattr(owner, '__name__', type(owner).__name__)}.{name}")
     if "push_request" not in inspect.signature(AbstractConnection.read_response).parameters:
         missing.append("AbstractConnection.read_response(push_request=)")
+    loop = asyncio.new_event_loop()
+    try:
+        if getattr(asyncio.StreamReader(loop=loop), "_loop", None) is not loop:
+            missing.append("asyncio.StreamReader._loop")
+    finally:
+        loop.close()
     from redis.asyncio.cluster import NodesManager
 
     for name in ("get_node_from_slot", "get_node", "move_slot", "initialize", "slots_cache"):

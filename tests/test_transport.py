@@ -33,7 +33,7 @@ from sessionkit import _scripts as scripts
 from sessionkit._scripts import Scripts, Settings, script_call
 from sessionkit.defaults import BUCKETS
 from sessionkit.events import EventConsumer
-from sessionkit.server import EmbeddedCluster
+from sessionkit.server import EmbeddedCluster, EmbeddedServer
 
 
 class Writes:
@@ -506,6 +506,70 @@ async def test_a_server_has_two_exchanges_in_flight_under_load(
         got = await asyncio.gather(*(store.resolve(s.token or "") for s in made))
         assert [g.id if g else None for g in got] == [s.id for s in made]
         assert list(in_flight.most.values()) == [_transport.MAX_IN_FLIGHT]
+
+
+@pytest.mark.server
+async def test_the_exchanges_of_a_lane_share_one_timer(
+    server_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each exchange has its time limit, but no timer of its own: one timer
+    per lane checks them all, every eighth of the limit while any is in
+    flight."""
+    loop = asyncio.get_running_loop()
+    timers: list[Any] = []
+    exchanges = 0
+    real_call_at, real_exchange = loop.call_at, _transport._exchange
+
+    def call_at(when: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
+        timers.append(callback)
+        return real_call_at(when, callback, *args, **kw)
+
+    async def exchange(source: Any, calls: Any) -> list[Any]:
+        nonlocal exchanges
+        exchanges += 1
+        return await real_exchange(source, calls)
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    monkeypatch.setattr(_transport, "_exchange", exchange)
+    started = loop.time()
+    async with SessionStore.from_url(server_url, prefix=prefix, socket_timeout=4.0) as store:
+        made = [await store.create(f"u{i}") for i in range(300)]  # one by one
+        for _ in range(3):
+            got = await asyncio.gather(*(store.resolve(s.token or "") for s in made))
+            assert [g.id if g else None for g in got] == [s.id for s in made]
+        assert exchanges >= 300 + 3 * 2
+        checks = [t for t in timers if getattr(t, "__func__", None) is _transport._Watch._check]
+        # One, unless the host stalled for half a second (then one more per
+        # half second: a check finds an exchange in flight and runs again).
+        assert 1 <= len(checks) <= 1 + (loop.time() - started) / 0.5
+        watch = checks[0].__self__
+        assert watch.limit == 4.0 and not watch.deadlines  # every exchange done
+
+
+@pytest.mark.server
+async def test_a_lane_that_timed_out_times_out_again(prefix: str) -> None:
+    """The watch that stopped a stalled exchange goes on watching: the
+    lane serves its next calls, and stops the next stalled one."""
+    server = EmbeddedServer()
+    server.start()
+    store = SessionStore.from_url(server.url, prefix=prefix, socket_timeout=0.4, retries=0)
+    admin: Any = aioredis.Redis.from_url(server.url)
+    try:
+        s = await store.create("alice", "g")
+        await admin.execute_command("CLIENT", "PAUSE", "700", "ALL")
+        with pytest.raises(BackendTimeout):
+            await store.resolve(s.token or "")
+        await asyncio.sleep(0.5)  # the pause is over
+        for _ in range(3):
+            got = await asyncio.gather(*(store.resolve(s.token or "") for _ in range(20)))
+            assert all(g is not None and g.id == s.id for g in got)
+        await admin.execute_command("CLIENT", "PAUSE", "700", "ALL")
+        with pytest.raises(BackendTimeout):
+            await store.resolve(s.token or "")
+    finally:
+        await store.aclose()
+        await admin.aclose()
+        server.stop()
 
 
 @pytest.mark.server
