@@ -298,9 +298,9 @@ class _Watch:
     """The time limits of one lane's exchanges (each a `_Deadline`), checked
     by one timer while any exchange is in flight, every `1 / CHECKS` of the
     limit. A timer of each exchange's own (made, pushed on the loop's heap
-    of timers, cancelled) cost a call up to 15 % of its client CPU. An
-    exchange that gets no reply for its limit is stopped at most an eighth
-    of the limit later."""
+    of timers, cancelled) cost a resolve 8 % of its client instructions at
+    c = 1, and about 4 % of its CPU at c = 50. An exchange that gets no
+    reply for its limit is stopped at most an eighth of the limit later."""
 
     CHECKS: Final = 8
 
