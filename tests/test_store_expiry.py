@@ -89,18 +89,19 @@ async def test_idle_timeout_slides_on_use(
 async def test_idle_timeout_never_extends_past_the_lifetime(
     make_store: StoreFactory, backend: Backend, prefix: str
 ) -> None:
-    # Each step has 0.4 s to spare: a loaded machine's late wake-up must
-    # not read as an idle expiry.
-    store = make_store(lifetime=2.0, idle_timeout=1.2)
+    # Each step has 1 s to spare: a loaded machine's late wake-up must not
+    # read as an idle expiry (0.4 s was not enough for a CI run with four
+    # workers on two cores).
+    store = make_store(lifetime=3.0, idle_timeout=2.0)
     s = await store.create("alice")
-    limit = s.created_at + timedelta(seconds=2.0)
-    await asyncio.sleep(0.8)
+    limit = s.created_at + timedelta(seconds=3.0)
+    await asyncio.sleep(1.0)
     got = await store.get("alice", s.token or "")
     assert got is not None and got.expires_at <= limit + timedelta(milliseconds=1)
-    await asyncio.sleep(0.8)
+    await asyncio.sleep(1.0)  # the slide would end at 4 s: held to 3 s
     got = await store.get("alice", s.token or "")
     assert got is not None and got.expires_at <= limit + timedelta(milliseconds=1)
-    await asyncio.sleep(0.8)  # 2.4 s: past the lifetime though used 0.8 s ago
+    await asyncio.sleep(1.5)  # 3.5 s: past the lifetime though used 1.5 s ago
     assert await store.get("alice", s.token or "") is None
     assert await backend.keys(prefix) == []
 
