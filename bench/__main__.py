@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -348,17 +349,26 @@ def _steal_percent(before: list[int] | None, after: list[int] | None) -> float |
     return round(100 * (after[7] - before[7]) / total, 1) if total > 0 else None
 
 
+@asynccontextmanager
+async def _fresh_impls(
+    binary: str | None, prefix: str, names: list[str], events: bool
+) -> AsyncIterator[tuple[str, list[Impl]]]:
+    """`names` on a fresh private server, and its URL: for figures of the
+    layout and the scripts, not of the benchmark server's state."""
+    async with EmbeddedServer(binary=binary) as server:
+        store = SessionStore.from_url(server.url)
+        try:
+            yield server.url, make_impls(store.client, prefix, names, False, events=events)
+        finally:
+            await store.aclose()
+
+
 async def _memory(quick: bool, events: bool, binary: str | None) -> dict[str, Any]:
     """Bytes per session on a fresh private server (the layout's cost, not the
     benchmark server's state)."""
     n = 2_000 if quick else 100_000
-    async with EmbeddedServer(binary=binary) as server:
-        store = SessionStore.from_url(server.url)
-        try:
-            impls = make_impls(store.client, "mem", ["sessionkit", "naive"], False, events=events)
-            return await measure_memory(server.url, n, impls)
-        finally:
-            await store.aclose()
+    async with _fresh_impls(binary, "mem", ["sessionkit", "naive"], events) as (url, impls):
+        return await measure_memory(url, n, impls)
 
 
 async def _quiet_floor(
@@ -368,21 +378,14 @@ async def _quiet_floor(
     scenario's sessions: what the scripts cost a quiet server, not what
     every command costs on the run's shared server once the other sections
     have left their keys on it (that figure is measured too, beside it)."""
-    async with EmbeddedServer(binary=binary) as server:
-        store = SessionStore.from_url(server.url)
-        try:
-            impl = make_impls(store.client, "floor", ["sessionkit"], False, events=events)[0]
-            await impl.store.load_scripts()  # the floor replays their SHAs
-            sessions = await sections.scenario_named("resolve").prepare(
-                impl, random.Random(1), scale
-            )
-            tokens = [c.token for c in sessions]
-            held = await _keys_held(store.client)
-            floor = await measure_floor(server.url, impl.store.settings, tokens, rounds=rounds)
-            floor["keys"] = held
-            return floor
-        finally:
-            await store.aclose()
+    async with _fresh_impls(binary, "floor", ["sessionkit"], events) as (url, [impl]):
+        await impl.store.load_scripts()  # the floor replays their SHAs
+        sessions = await sections.scenario_named("resolve").prepare(impl, random.Random(1), scale)
+        tokens = [c.token for c in sessions]
+        held = await _keys_held(impl.client)
+        floor = await measure_floor(url, impl.store.settings, tokens, rounds=rounds)
+        floor["keys"] = held
+        return floor
 
 
 async def _keys_held(client: Any) -> int:
