@@ -51,12 +51,34 @@ async def _usec_per_call(client: aioredis.Redis, payloads: list[bytes], sha: str
     return await _server_us(client, lambda: _replay(client, payloads, sha))
 
 
+async def _create_round(
+    client: aioredis.Redis, settings: Settings, calls: int, sha: str | None
+) -> float:
+    """Server µs per create of `calls` users' second session, made by the
+    store's script or by `sha`, from the same state every round: each user
+    first gets one session (outside the measured window), and every key
+    both wrote is deleted after. Rounds that kept their keys measured a
+    server growing under them (20,000 keys and ten sessions per user more
+    by the last round, each round dearer than the one before)."""
+    first = _create_commands(settings, calls)
+    second = _create_commands(settings, calls)
+    await _replay(client, first, None)
+    try:
+        return await _usec_per_call(client, second, sha)
+    finally:
+        pipe = client.pipeline(transaction=False)
+        for payload in first + second:
+            pipe.unlink(*_resp.unpack(payload)[3:7])  # the session, its user's three keys
+        await pipe.execute()
+
+
 async def measure_floor(
     url: str, settings: Settings, tokens: list[str], *, rounds: int = 5, calls: int = 2000
 ) -> dict[str, Any]:
     """For resolve and create: server µs per call of the script and of its
     commands alone (the median of `rounds` alternations of `calls` calls
-    each), and their ratio. `tokens` are live sessions to resolve."""
+    each), and their ratio. `tokens` are live sessions to resolve; a create
+    is a user's second session, every round from the same state."""
     client = aioredis.Redis.from_url(url)
     out: dict[str, Any] = {"method": "EVALSHA usec per call, INFO commandstats, pipelined"}
     try:
@@ -65,11 +87,13 @@ async def measure_floor(
             reads = _resolve_commands(settings, tokens[:calls]) if op == "resolve" else None
             mine: list[float] = []
             floor: list[float] = []
-            for _ in range(rounds):
-                for sha, into in ((None, mine), (floor_sha, floor)):
-                    # A create writes once: fresh tokens every time.
-                    payloads = reads if reads is not None else _create_commands(settings, calls)
-                    into.append(await _usec_per_call(client, payloads, sha))
+            pair: list[tuple[str | None, list[float]]] = [(None, mine), (floor_sha, floor)]
+            for i in range(rounds):
+                for sha, into in pair if i % 2 == 0 else pair[::-1]:  # each goes first in turn
+                    if reads is None:
+                        into.append(await _create_round(client, settings, calls, sha))
+                    else:
+                        into.append(await _usec_per_call(client, reads, sha))
             script_us, floor_us = statistics.median(mine), statistics.median(floor)
             out[op] = {
                 "script_us": round(script_us, 2),

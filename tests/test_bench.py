@@ -160,6 +160,34 @@ async def _command_calls(client: Any) -> dict[str, int]:
 
 
 @pytest.mark.server
+async def test_every_create_round_of_the_floor_starts_from_the_same_state(
+    server_url: str, prefix: str
+) -> None:
+    """The floor measures each round of creates (the store's script's or
+    its floor's) on the same server: the sessions it made and their users'
+    keys are gone after it, so a later round is not measured on more."""
+    from redis.asyncio import Redis
+
+    from bench.floor import _FLOORS, _create_round
+    from sessionkit import SessionStore
+
+    async def ours(client: Redis) -> set[bytes]:
+        return {k async for k in client.scan_iter(match=f"{prefix}*", count=1000)}
+
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        client = store.client
+        assert isinstance(client, Redis)  # one server
+        await store.load_scripts()
+        floor_sha = await client.script_load((_FLOORS / "create.lua").read_text())
+        await _create_round(client, store.settings, 50, None)  # the buckets' streams made
+        held = await ours(client)
+        for sha in (None, floor_sha, None):
+            assert await _create_round(client, store.settings, 50, sha) > 0
+            assert await ours(client) == held  # streams and their counters only
+        assert await store.list("ceiling-0") == []
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("op", ["resolve", "create"])
 async def test_a_floor_script_runs_exactly_the_commands_of_its_script(
     server_url: str, prefix: str, op: str
