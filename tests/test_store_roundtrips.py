@@ -102,7 +102,7 @@ def test_each_script_carries_only_the_helpers_it_uses() -> None:
         assert script.source.count("local function clock()") == 1, script.name
     # A create defines one function of its own, which makes the others when
     # called; its constants are plain locals before it.
-    head, wrapper, _ = Scripts.create.source.partition("local function helpers()")
+    head, wrapper, _ = Scripts.create.source.partition("local function helpers(")
     assert wrapper and "local function" not in head and "local LAYOUT_BYTE = 1" in head
     assert "local function helpers" not in Scripts.delete.source  # defined as they are
 
@@ -124,7 +124,7 @@ async def test_a_script_calling_helpers_gets_its_functions_made_only_then(
 
     body = "if ARGV[1] == 'made' then return helpers().g() end\nreturn K\n"
     source = assemble(_LIB, body)
-    head, _, rest = source.partition("local function helpers()")
+    head, _, rest = source.partition("local function helpers(")
     assert head.strip() == "local K = 1"  # constants stay plain locals
     assert "local function f()" in rest and "local function g()" in rest
     assert "unused" not in source and "f's comment" not in source
@@ -141,6 +141,28 @@ async def test_a_script_calling_helpers_gets_its_functions_made_only_then(
 
 
 @pytest.mark.server
+async def test_helpers_use_their_own_constants_and_the_time_the_script_hands_them(
+    server_url: str,
+) -> None:
+    """`helpers` captures none of the script's locals (each one captured
+    would cost every call, made or not): it defines its own copies of the
+    constants, and takes the script's clock as its arguments."""
+    from importlib import resources
+
+    from sessionkit._scripts import assemble
+
+    lib = (resources.files("sessionkit") / "lua" / "_lib.lua").read_text("utf-8")
+    source = assemble(_LIB, "K = 5\nreturn {K, helpers().f()}\n")
+    timed = assemble(lib, "return {helpers(7, '0000000000007123').clock()}\n")
+    client = aioredis.Redis.from_url(server_url)
+    try:
+        assert await client.eval(source, 0) == [5, 1]  # the script's K changed, not theirs
+        assert await client.eval(timed, 0) == [7, b"0000000000007123"]  # no TIME of their own
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.server
 async def test_a_create_below_its_cap_makes_no_helper_and_one_at_it_does(
     server_url: str, prefix: str
 ) -> None:
@@ -151,8 +173,11 @@ async def test_a_create_below_its_cap_makes_no_helper_and_one_at_it_does(
     from sessionkit._model import encode_body
 
     source = Scripts.create.source.replace(
-        "local function helpers()", "local function helpers() error('helpers made')", 1
+        "local function helpers(clock_ms, clock_us16)",
+        "local function helpers(clock_ms, clock_us16) error('helpers made')",
+        1,
     )
+    assert "error('helpers made')" in source
     client = aioredis.Redis.from_url(server_url)
     store = SessionStore(client, prefix=prefix, max_sessions_per_user=2)
     sha = await client.script_load(source)

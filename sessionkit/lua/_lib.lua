@@ -3,8 +3,9 @@
 -- every call a closure), so each script stays one static source on the
 -- server. A definition is a top-level `local` line, the comment lines
 -- right above it, and what follows up to the next one. A script that calls
--- helpers() gets its functions made only when it calls it, as a table
--- (create.lua: its common path needs none); constants stay plain locals.
+-- helpers(ms, us16), handing them the time it read, gets its functions made
+-- only when it calls it, as a table (create.lua: its common path needs
+-- none); constants stay plain locals, and helpers() has copies of its own.
 --
 -- Stored session value (a Redis string, offsets 1-based):
 --   [1]       layout version, "\1"; a value of another version is never

@@ -26,11 +26,10 @@ local skey, index, order, groups_key, key_prefix, stream =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id = ARGV[1]
 -- Server time, read once, as clock() reads it (its ms and the 16 µs digits
--- a value stores), and handed to it: the helpers see the same time.
+-- a value stores), and handed to the helpers: they see the same time.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local created = t[1] .. string.sub('00000' .. t[2], -6)
-clock_ms, clock_us16 = now, created
 local expires = now + ARGV[7]
 local expires13 = string.format('%013d', expires)
 local at = expires13  -- when the key dies
@@ -56,7 +55,7 @@ local cap = ARGV[9] + 0
 local count = redis.call('ZCARD', index)
 local h, evicted  -- the helpers, and the sessions evicted: at the cap only
 if count >= cap then
-  h = helpers()
+  h = helpers(now, created)
   h.prune(index, order, groups_key, now)
   local excess = redis.call('ZCARD', index) - cap + 1
   if excess > 0 then
@@ -93,7 +92,7 @@ if maxlen ~= '0' then
   if n == 1 or type(redis.pcall('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', maxlen,
       string.format('%d-%d', now, n), 'type', 'created', 'user', ARGV[4], 'sessions', id,
       'groups', ARGV[5])) ~= 'string' then
-    (h or helpers()).append_renumbered(stream, maxlen, now, 1, 'created', ARGV[4], id, ARGV[5])
+    (h or helpers(now, created)).append_renumbered(stream, maxlen, now, 1, 'created', ARGV[4], id, ARGV[5])
   end
 end
 
