@@ -282,3 +282,22 @@ async def test_interleaved_runs_take_turns_in_rotating_order_and_sum_them() -> N
 
 async def _no_prepare(impl: Impl, rng: random.Random, scale: float) -> None:
     return None
+
+
+@pytest.mark.server
+async def test_the_sweep_runs_one_call_at_a_time_for_longer(server_url: str, prefix: str) -> None:
+    """c = 1, whose ratios are the sweep's closest, runs
+    `ONE_AT_A_TIME_LONGER` times as long as the other levels."""
+    from bench import sections
+    from bench.impls import make_impls
+    from sessionkit import SessionStore
+
+    assert sections.ONE_AT_A_TIME_LONGER == 3
+    async with SessionStore.from_url(server_url) as store:
+        impls = make_impls(store.client, prefix, ["sessionkit"], False, events=False)
+        swept = await sections.sweep(impls, duration=0.2, scale=0.01, levels=(1, 10))
+    seconds = {(r["scenario"], r["impl"], r["concurrency"]): r["seconds"] for r in swept}
+    for op in ("resolve", "create"):
+        assert seconds[(op, "sessionkit", 1)] >= 0.59  # three times 0.2 s
+        assert 0.19 < seconds[(op, "sessionkit", 10)] < 0.45
+    assert seconds[("resolve", "redis-py GET", 1)] >= 0.59  # its yardstick alike
