@@ -295,12 +295,14 @@ class CuttingProxy:
             nonlocal carried
             tail = b""  # too short to hold a whole EVALSHA: none is counted twice
             while data := await reader.read(65536):
-                if data.count(b"EVALSHA") > 1:
+                # Counted across reads: a name split between two is counted once.
+                calls = (tail + data).count(b"EVALSHA")
+                tail = data[-6:]
+                if calls > 1:
                     batch.set()
                 if batch.is_set():
-                    carried += data.count(b"EVALSHA")
-                self.sent += (tail + data).count(b"EVALSHA")
-                tail = data[-6:]
+                    carried += calls
+                self.sent += calls
                 up_writer.write(data)
                 await up_writer.drain()
 
