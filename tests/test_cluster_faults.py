@@ -193,20 +193,46 @@ class _Slot:
     async def start(self) -> None:
         """Mark the slot moving and move its keys: until `finish`, no node
         serves them to a client that does not ask (``ASKING``)."""
-        source_id = await self.on(self.source, "CLUSTER", "MYID")
-        self.target_id = await self.on(self.target, "CLUSTER", "MYID")
+        source_id = _text(await self.on(self.source, "CLUSTER", "MYID"))
+        self.target_id = _text(await self.on(self.target, "CLUSTER", "MYID"))
         await self.on(self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", source_id)
         await self.on(self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target_id)
         names = await self.on(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, 1000)
         await self.on(self.source, "MIGRATE", "127.0.0.1", self.target, "", 0, 5000, "KEYS", *names)
 
     async def finish(self) -> None:
+        """End the move on every node, then wait until the cluster has settled:
+        every node knows the target's configuration epoch (the target bumps
+        it on taking the slot). Before that, a ping the source sent before
+        its own SETSLOT, read by another node after that node's, gives the
+        slot back to the source there until the target's next ping: the
+        cluster itself answers stale, which no client can see through."""
         for port in [self.target, self.source, *self.ports]:
             await self.on(port, "CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
+        deadline = time.monotonic() + 10
+        while not await self._settled():
+            assert time.monotonic() < deadline, "the cluster did not settle after the move"
+            await asyncio.sleep(0.01)
+
+    async def _settled(self) -> bool:
+        info = _text(await self.on(self.target, "CLUSTER", "INFO"))
+        epoch = info.split("cluster_my_epoch:")[1].split()[0]
+        for port in self.ports:
+            nodes = _text(await self.on(port, "CLUSTER", "NODES"))
+            line = next(n.split() for n in nodes.splitlines() if n.startswith(self.target_id))
+            ranges = await self.on(port, "CLUSTER", "SLOTS")
+            owner = next(r[2][1] for r in ranges if r[0] <= self.slot <= r[1])
+            if line[6] != epoch or owner != self.target:
+                return False
+        return True
 
     async def aclose(self) -> None:
         for client in self.clients.values():
             await client.aclose()
+
+
+def _text(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 class _Moves:
