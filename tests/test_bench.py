@@ -76,6 +76,9 @@ def test_quick_run_writes_valid_results_for_every_scenario_and_impl(
     for key in ("python", "redis_py", "hiredis", "server", "cpu_count", "loop", "concurrency"):
         assert cond[key], key
     assert "valkey_version" in cond["server"] or "redis_version" in cond["server"]
+    # The server's allocator moves what freeing many small values costs: named.
+    allocator = cond["server"].split("mem_allocator=")[1]
+    assert allocator.startswith(("libc", "jemalloc")) and cond["server_short"].endswith(allocator)
     seen = {(r["scenario"], r["impl"]) for r in doc["results"]}
     for scenario in SCENARIOS:
         for impl in ("sessionkit", "naive"):
