@@ -203,10 +203,11 @@ class _Slot:
     async def finish(self) -> None:
         """End the move on every node, then wait until the cluster has settled:
         every node knows the target's configuration epoch (the target bumps
-        it on taking the slot). Before that, a ping the source sent before
-        its own SETSLOT, read by another node after that node's, gives the
-        slot back to the source there until the target's next ping: the
-        cluster itself answers stale, which no client can see through."""
+        it on taking the slot unless it is the largest already). Before
+        that, a ping the source sent before its own SETSLOT, read by another
+        node after that node's, gives the slot back to the source there
+        until the target's next ping: the cluster itself answers stale,
+        which no client can see through."""
         for port in [self.target, self.source, *self.ports]:
             await self.on(port, "CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
         deadline = time.monotonic() + 10
