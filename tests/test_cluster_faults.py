@@ -184,8 +184,11 @@ class _Slot:
         self.slot = slot
         self.ports = [n.port for n in cluster.nodes]
         self.source, self.target = source, next(p for p in self.ports if p != source)
-        # redis-py leaves a plain client's execute_command untyped.
-        self.clients: dict[int, Any] = {p: aioredis.Redis(port=p) for p in self.ports}
+        # redis-py leaves a plain client's execute_command untyped. Replies
+        # as text: the move reads node ids and CLUSTER INFO / NODES back.
+        self.clients: dict[int, Any] = {
+            p: aioredis.Redis(port=p, decode_responses=True) for p in self.ports
+        }
 
     async def on(self, port: int, *command: str | int) -> Any:
         return await self.clients[port].execute_command(*command)
@@ -193,8 +196,8 @@ class _Slot:
     async def start(self) -> None:
         """Mark the slot moving and move its keys: until `finish`, no node
         serves them to a client that does not ask (``ASKING``)."""
-        source_id = _text(await self.on(self.source, "CLUSTER", "MYID"))
-        self.target_id = _text(await self.on(self.target, "CLUSTER", "MYID"))
+        source_id = await self.on(self.source, "CLUSTER", "MYID")
+        self.target_id = await self.on(self.target, "CLUSTER", "MYID")
         await self.on(self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", source_id)
         await self.on(self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target_id)
         names = await self.on(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, 1000)
@@ -216,10 +219,10 @@ class _Slot:
             await asyncio.sleep(0.01)
 
     async def _settled(self) -> bool:
-        info = _text(await self.on(self.target, "CLUSTER", "INFO"))
+        info = await self.on(self.target, "CLUSTER", "INFO")
         epoch = info.split("cluster_my_epoch:")[1].split()[0]
         for port in self.ports:
-            nodes = _text(await self.on(port, "CLUSTER", "NODES"))
+            nodes = await self.on(port, "CLUSTER", "NODES")
             line = next(n.split() for n in nodes.splitlines() if n.startswith(self.target_id))
             ranges = await self.on(port, "CLUSTER", "SLOTS")
             owner = next(r[2][1] for r in ranges if r[0] <= self.slot <= r[1])
@@ -230,10 +233,6 @@ class _Slot:
     async def aclose(self) -> None:
         for client in self.clients.values():
             await client.aclose()
-
-
-def _text(reply: Any) -> str:
-    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 class _Moves:
