@@ -152,16 +152,22 @@ def session_key(prefix: str, bucket: int, sid: str) -> str:
     return f"{user_prefix(prefix, bucket)}s:{sid}"
 
 
+def user_keys(user_prefix: str, digest: str) -> tuple[str, str, str]:
+    """The user's index, order and groups keys, from the user's digest and
+    bucket's `user_prefix` (built once for every call that takes them)."""
+    return f"{user_prefix}u:{digest}", f"{user_prefix}c:{digest}", f"{user_prefix}g:{digest}"
+
+
 def index_key(prefix: str, bucket: int, digest: str) -> str:
-    return f"{user_prefix(prefix, bucket)}u:{digest}"
+    return user_keys(user_prefix(prefix, bucket), digest)[0]
 
 
 def order_key(prefix: str, bucket: int, digest: str) -> str:
-    return f"{user_prefix(prefix, bucket)}c:{digest}"
+    return user_keys(user_prefix(prefix, bucket), digest)[1]
 
 
 def groups_key(prefix: str, bucket: int, digest: str) -> str:
-    return f"{user_prefix(prefix, bucket)}g:{digest}"
+    return user_keys(user_prefix(prefix, bucket), digest)[2]
 
 
 def events_key(prefix: str, bucket: int) -> str:
