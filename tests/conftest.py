@@ -7,9 +7,11 @@ own key prefix, so tests never see each other's keys.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import os
+import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -204,6 +206,74 @@ def _collect_garbage_in_the_test_that_made_it() -> Iterator[None]:
 def stream_of(prefix: str, user_id: str) -> str:
     """The event stream a user's changes go to."""
     return keys.events_key(prefix, keys.user_digest(user_id)[1])
+
+
+class SlotMove:
+    """Moves one hash slot between two masters by hand, as ``valkey-cli
+    --cluster reshard`` does, behind the store client's back (its slot map
+    goes stale): `start` marks the slot moving and moves its keys, `assign`
+    ends the move on the nodes named, `finish` on every node."""
+
+    def __init__(self, cluster: EmbeddedCluster, slot: int, source: int, target: int = 0) -> None:
+        self.slot = slot
+        self.ports = [n.port for n in cluster.nodes]
+        self.source = source
+        self.target = target or next(p for p in self.ports if p != source)
+        # redis-py leaves a plain client's execute_command untyped. Replies
+        # as text: the move reads node ids and CLUSTER INFO / NODES back.
+        self.clients: dict[int, Any] = {
+            p: aioredis.Redis(port=p, decode_responses=True) for p in self.ports
+        }
+
+    async def on(self, port: int, *command: str | int) -> Any:
+        return await self.clients[port].execute_command(*command)
+
+    async def start(self) -> None:
+        """Mark the slot moving and move its keys: until the move ends, no
+        node serves them to a client that does not ask (``ASKING``)."""
+        self.source_id = await self.on(self.source, "CLUSTER", "MYID")
+        self.target_id = await self.on(self.target, "CLUSTER", "MYID")
+        await self.on(self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", self.source_id)
+        await self.on(self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target_id)
+        names = await self.on(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, 1000)
+        assert names  # the slot's keys: what the move is about
+        await self.on(self.source, "MIGRATE", "127.0.0.1", self.target, "", 0, 5000, "KEYS", *names)
+
+    async def assign(self, *ports: int) -> None:
+        """End the move on these nodes, in this order: each then names the
+        target the slot's owner (the others still do not)."""
+        for port in ports:
+            await self.on(port, "CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
+
+    async def finish(self) -> None:
+        """End the move on every node, then wait until the cluster has settled:
+        every node knows the target's configuration epoch (the target bumps
+        it on taking the slot unless it is the largest already). Before
+        that, a ping the source sent before its own SETSLOT, read by another
+        node after that node's, gives the slot back to the source there
+        until the target's next ping: the cluster itself answers stale,
+        which no client can see through."""
+        await self.assign(self.target, self.source, *self.ports)
+        deadline = time.monotonic() + 10
+        while not await self._settled():
+            assert time.monotonic() < deadline, "the cluster did not settle after the move"
+            await asyncio.sleep(0.01)
+
+    async def _settled(self) -> bool:
+        info = await self.on(self.target, "CLUSTER", "INFO")
+        epoch = info.split("cluster_my_epoch:")[1].split()[0]
+        for port in self.ports:
+            nodes = await self.on(port, "CLUSTER", "NODES")
+            line = next(n.split() for n in nodes.splitlines() if n.startswith(self.target_id))
+            ranges = await self.on(port, "CLUSTER", "SLOTS")
+            owner = next(r[2][1] for r in ranges if r[0] <= self.slot <= r[1])
+            if line[6] != epoch or owner != self.target:
+                return False
+        return True
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
 
 
 async def drain(consumer: EventConsumer, *, ack: bool = True) -> list[Event]:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from sessionkit import BackendError, BackendUnavailable, Session, SessionStore
 from sessionkit.events import Event, EventConsumer
 from sessionkit.server import EmbeddedCluster
-from tests.conftest import drain, stream_of
+from tests.conftest import SlotMove, drain, stream_of
 
 pytestmark = [
     pytest.mark.cluster,
@@ -175,81 +173,21 @@ async def test_slots_move_under_load_without_errors_or_loss_of_sessions_or_event
             await store.aclose()
 
 
-class _Slot:
-    """Moves one hash slot between two masters by hand, as ``valkey-cli
-    --cluster reshard`` does, behind the store client's back (its slot map
-    goes stale)."""
-
-    def __init__(self, cluster: EmbeddedCluster, slot: int, source: int) -> None:
-        self.slot = slot
-        self.ports = [n.port for n in cluster.nodes]
-        self.source, self.target = source, next(p for p in self.ports if p != source)
-        # redis-py leaves a plain client's execute_command untyped. Replies
-        # as text: the move reads node ids and CLUSTER INFO / NODES back.
-        self.clients: dict[int, Any] = {
-            p: aioredis.Redis(port=p, decode_responses=True) for p in self.ports
-        }
-
-    async def on(self, port: int, *command: str | int) -> Any:
-        return await self.clients[port].execute_command(*command)
-
-    async def start(self) -> None:
-        """Mark the slot moving and move its keys: until `finish`, no node
-        serves them to a client that does not ask (``ASKING``)."""
-        source_id = await self.on(self.source, "CLUSTER", "MYID")
-        self.target_id = await self.on(self.target, "CLUSTER", "MYID")
-        await self.on(self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", source_id)
-        await self.on(self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target_id)
-        names = await self.on(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, 1000)
-        await self.on(self.source, "MIGRATE", "127.0.0.1", self.target, "", 0, 5000, "KEYS", *names)
-
-    async def finish(self) -> None:
-        """End the move on every node, then wait until the cluster has settled:
-        every node knows the target's configuration epoch (the target bumps
-        it on taking the slot unless it is the largest already). Before
-        that, a ping the source sent before its own SETSLOT, read by another
-        node after that node's, gives the slot back to the source there
-        until the target's next ping: the cluster itself answers stale,
-        which no client can see through."""
-        for port in [self.target, self.source, *self.ports]:
-            await self.on(port, "CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
-        deadline = time.monotonic() + 10
-        while not await self._settled():
-            assert time.monotonic() < deadline, "the cluster did not settle after the move"
-            await asyncio.sleep(0.01)
-
-    async def _settled(self) -> bool:
-        info = await self.on(self.target, "CLUSTER", "INFO")
-        epoch = info.split("cluster_my_epoch:")[1].split()[0]
-        for port in self.ports:
-            nodes = await self.on(port, "CLUSTER", "NODES")
-            line = next(n.split() for n in nodes.splitlines() if n.startswith(self.target_id))
-            ranges = await self.on(port, "CLUSTER", "SLOTS")
-            owner = next(r[2][1] for r in ranges if r[0] <= self.slot <= r[1])
-            if line[6] != epoch or owner != self.target:
-                return False
-        return True
-
-    async def aclose(self) -> None:
-        for client in self.clients.values():
-            await client.aclose()
-
-
 class _Moves:
     """A private cluster, a store on it, and slots to move under it."""
 
     def __init__(self, cluster: EmbeddedCluster) -> None:
         self.cluster = cluster
         self.store = SessionStore.from_url(cluster.url)
-        self.slots: list[_Slot] = []
+        self.slots: list[SlotMove] = []
 
-    def slot_of(self, user: str) -> _Slot:
+    def slot_of(self, user: str) -> SlotMove:
         """The slot of `user`'s keys and event stream, ready to move off its node."""
         stream = stream_of(self.store.prefix, user)
         assert isinstance(self.store.client, RedisCluster)
         node = self.store.client.get_node_from_key(stream)
         assert node is not None
-        self.slots.append(_Slot(self.cluster, key_slot(stream.encode()), int(node.port)))
+        self.slots.append(SlotMove(self.cluster, key_slot(stream.encode()), int(node.port)))
         return self.slots[-1]
 
 

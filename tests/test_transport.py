@@ -34,6 +34,7 @@ from sessionkit._scripts import Scripts, Settings, script_call
 from sessionkit.defaults import BUCKETS
 from sessionkit.events import EventConsumer
 from sessionkit.server import EmbeddedCluster, EmbeddedServer
+from tests.conftest import SlotMove
 
 
 class Writes:
@@ -620,14 +621,6 @@ async def test_a_cluster_node_has_one_exchange_in_flight(
         assert sorted(in_flight.most.values()) == [1, 1, 1]
 
 
-async def _node(cluster: EmbeddedCluster, port: int) -> aioredis.Redis:
-    return aioredis.Redis(port=port, decode_responses=True)
-
-
-async def _cmd(node: aioredis.Redis, *args: Any) -> Any:
-    return await node.execute_command(*args)  # type: ignore[no-untyped-call]
-
-
 async def _topology_reads(node: aioredis.Redis) -> int:
     return sum([await _calls(node, f"cluster|{sub}") for sub in ("slots", "shards", "nodes")])
 
@@ -650,28 +643,15 @@ async def _a_slot_to_move(
     return made, slot, src_port, next(p for p in masters if p != src_port)
 
 
-async def _move_keys(
-    src: aioredis.Redis, dst: aioredis.Redis, slot: int, dst_port: int
-) -> tuple[str, str]:
-    """Set `slot` moving from `src` to `dst` and move its keys (the source
-    then answers ASK); the two nodes' ids."""
-    src_id, dst_id = await _cmd(src, "CLUSTER MYID"), await _cmd(dst, "CLUSTER MYID")
-    await _cmd(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-    await _cmd(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-    names = await _cmd(src, "CLUSTER GETKEYSINSLOT", slot, 1000)
-    assert names  # the session, its user's keys, the bucket's stream
-    await _cmd(src, "MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *names)
-    return src_id, dst_id
-
-
 @pytest.mark.cluster
 async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: str) -> None:
     async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
         made, slot, src_port, dst_port = await _a_slot_to_move(store, own_cluster, prefix, "alice")
-        src, dst = await _node(own_cluster, src_port), await _node(own_cluster, dst_port)
-        others = [await _node(own_cluster, n.port) for n in own_cluster.nodes[:3]]
+        there = SlotMove(own_cluster, slot, src_port, dst_port)
+        back = SlotMove(own_cluster, slot, dst_port, src_port)
+        dst, masters = there.clients[dst_port], [n.port for n in own_cluster.nodes[:3]]
         try:
-            src_id, dst_id = await _move_keys(src, dst, slot, dst_port)
+            await there.start()
             # Mid-move the source answers ASK: the call goes to the target
             # after ASKING. The target holds the session but not every key
             # the script names (the user's prefix is never a key), so it
@@ -682,8 +662,7 @@ async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: 
             assert not call.done()
             assert await _calls(dst, "asking") > asking
             assert _node_slots(store.client)[slot] == src_port  # ASK changes no table
-            for node in others:
-                await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+            await there.assign(*masters)
             got = await call
             assert got is not None and got.id == made.id
             # Moved: the client's table was stale until MOVED corrected it
@@ -694,18 +673,17 @@ async def test_moved_and_ask_are_followed(own_cluster: EmbeddedCluster, prefix: 
             assert _node_slots(store.client)[slot] == dst_port
             # And back, behind the client's back: MOVED alone corrects the
             # table, with no topology reload.
-            await _move_keys(dst, src, slot, src_port)
-            for node in others:
-                await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", src_id)
-            reloads = [await _topology_reads(n) for n in others]
+            await back.start()
+            await back.assign(*masters)
+            reloads = [await _topology_reads(there.clients[p]) for p in masters]
             got = await store.resolve(made.token or "")
             assert got is not None and got.access_groups == ["g"]
             assert _node_slots(store.client)[slot] == src_port
-            assert [await _topology_reads(n) for n in others] == reloads
+            assert [await _topology_reads(there.clients[p]) for p in masters] == reloads
             assert await store.add_groups("alice", "h") == 1
         finally:
-            for c in (src, dst, *others):
-                await c.aclose()
+            await there.aclose()
+            await back.aclose()
 
 
 @pytest.mark.cluster
@@ -718,12 +696,10 @@ async def test_a_slot_table_read_anew_routes_calls_without_a_redirect(
     async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
         made, slot, src_port, dst_port = await _a_slot_to_move(store, own_cluster, prefix, "carol")
         assert await store.resolve(made.token or "") is not None  # the route is kept
-        src, dst = await _node(own_cluster, src_port), await _node(own_cluster, dst_port)
-        others = [await _node(own_cluster, n.port) for n in own_cluster.nodes[:3]]
+        move = SlotMove(own_cluster, slot, src_port, dst_port)
         try:
-            _, dst_id = await _move_keys(src, dst, slot, dst_port)
-            for node in others:
-                await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+            await move.start()
+            await move.assign(*(n.port for n in own_cluster.nodes[:3]))
             client = store.client
             assert isinstance(client, RedisCluster)
             await client.nodes_manager.initialize()
@@ -734,8 +710,7 @@ async def test_a_slot_table_read_anew_routes_calls_without_a_redirect(
             assert got is not None and got.id == made.id
             assert [port for port, _, _ in writes.log] == [dst_port]
         finally:
-            for c in (src, dst, *others):
-                await c.aclose()
+            await move.aclose()
 
 
 @pytest.mark.cluster
@@ -749,27 +724,21 @@ async def test_a_move_the_nodes_disagree_on_is_waited_out(
     milliseconds and failing."""
     async with SessionStore.from_url(own_cluster.url, prefix=prefix) as store:
         made, slot, src_port, dst_port = await _a_slot_to_move(store, own_cluster, prefix, "bob")
-        src, dst = await _node(own_cluster, src_port), await _node(own_cluster, dst_port)
-        rest = [
-            await _node(own_cluster, n.port)
-            for n in own_cluster.nodes[:3]
-            if n.port not in (src_port, dst_port)
-        ]
+        move = SlotMove(own_cluster, slot, src_port, dst_port)
         try:
-            _, dst_id = await _move_keys(src, dst, slot, dst_port)
-            for node in (src, *rest):  # every node but the target
-                await _cmd(node, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+            await move.start()
+            # Every node but the target ends the move.
+            await move.assign(*(n.port for n in own_cluster.nodes[:3] if n.port != dst_port))
             # Without pauses the call would bounce sixteen times and fail in
             # a few milliseconds, long before gossip settles the question.
             call = asyncio.ensure_future(store.resolve(made.token or ""))
             await asyncio.sleep(0.3)
-            await _cmd(dst, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+            await move.assign(dst_port)
             got = await call
             assert got is not None and got.id == made.id and got.access_groups == ["g"]
             assert _node_slots(store.client)[slot] == dst_port
         finally:
-            for c in (src, dst, *rest):
-                await c.aclose()
+            await move.aclose()
 
 
 @pytest.mark.server
