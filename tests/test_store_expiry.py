@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from sessionkit import SessionStore
 from sessionkit import _keys as keys
 from tests.conftest import Backend, StoreFactory
 
@@ -132,3 +133,19 @@ async def test_a_session_deleted_behind_its_back_leaves_the_index_on_the_next_li
         assert await backend.client.zrange(key, 0, -1) == [kept.id.encode()]
     assert await backend.client.hkeys(keys.groups_key(prefix, bucket, digest)) == [kept.id.encode()]
     assert await store.add_groups("alice", "h") == 1
+
+
+async def test_sign_out_everywhere_ends_every_session_when_a_user_key_was_lost(
+    store: SessionStore, backend: Backend, prefix: str
+) -> None:
+    """The user's index and groups hash name the same sessions; if one of
+    them is lost behind sessionkit's back (removed by hand, evicted under
+    maxmemory), `delete_all` still ends every session the other names."""
+    digest, bucket = keys.user_digest("alice")
+    for lost in (keys.groups_key(prefix, bucket, digest), keys.index_key(prefix, bucket, digest)):
+        made = [await store.create("alice", ["g"]) for _ in range(3)]
+        await backend.client.delete(lost)
+        assert await store.delete_all("alice") == 3
+        for s in made:
+            assert await store.resolve(s.token or "") is None
+        assert await backend.keys(prefix) == []
