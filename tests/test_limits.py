@@ -75,6 +75,27 @@ async def test_a_create_at_the_cap_evicts_the_oldest_first(
         assert await store.resolve(gone.token or "") is None
 
 
+async def test_a_store_with_a_lower_cap_evicts_every_session_over_it_at_once(
+    make_store: StoreFactory,
+) -> None:
+    """A service that lowers its cap: the next create evicts all the
+    oldest sessions over it in one step (here 78, more than one DEL of the
+    script takes), and reports each."""
+    made = [await make_store(max_sessions_per_user=100).create("ann") for _ in range(80)]
+    store = make_store(max_sessions_per_user=3)
+    watch = EventConsumer(store, group="g", consumer="c", block=0.05)
+    await watch.setup()
+    newest = await store.create("ann")
+    assert [s.id for s in await store.list("ann")] == [made[-2].id, made[-1].id, newest.id]
+    for gone in made[:78]:
+        assert await store.resolve(gone.token or "") is None
+    [evicted, created] = await drain(watch)
+    assert evicted.type == "evicted" and sorted(evicted.session_ids) == sorted(
+        s.id for s in made[:78]
+    )
+    assert created.session_ids == (newest.id,)
+
+
 @pytest.mark.server
 async def test_at_the_hard_maximum_a_create_evicts_exactly_the_oldest(
     real: Backend, prefix: str

@@ -60,7 +60,7 @@ if count >= cap then
   local excess = redis.call('ZCARD', index) - cap + 1
   if excess > 0 then
     evicted = redis.call('ZRANGE', order, 0, excess - 1)
-    h.batched('DEL', nil, h.session_keys(key_prefix, evicted))
+    h.delete_sessions(key_prefix, evicted)
     h.unindex(index, order, groups_key, evicted)
   end
 end

@@ -43,7 +43,7 @@ if kept then
     end
   end
 end
-local deleted = batched('DEL', nil, session_keys(key_prefix, gone))
+local deleted = delete_sessions(key_prefix, gone)
 redis.call('UNLINK', index, order, groups_key)  -- freed off the main thread
 if kept then
   redis.call('ZADD', index, kept, keep)
