@@ -37,10 +37,11 @@ local DIGEST_FROM, DIGEST_TO = 44, 65
 -- Items per MGET / DEL / ZREM / HSET call. Few: a batch as large as a
 -- user's sessions (a table, then unpacked onto Lua's stack, of as many
 -- items) cost a change to 1,000 sessions a tenth to a sixth of its server
--- time on a server built with the C library's malloc, which handles large
--- blocks far more slowly than small ones; on jemalloc the size made no
--- difference. The best of 16, 32, 50, 100 and 1,000 measured. Even, so
--- the field-value pairs of a batched HSET are never split.
+-- time on a busy server built with the C library's malloc, which serves
+-- large blocks far more slowly than small ones; on jemalloc, and on a
+-- fresh server, the size made no difference beyond noise. The best of 16,
+-- 32, 50, 100 and 1,000 measured. Even, so the field-value pairs of a
+-- batched HSET are never split.
 local BATCH = 32
 
 -- Server time, read once per script run (every step of one change sees
