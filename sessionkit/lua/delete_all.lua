@@ -1,7 +1,7 @@
 -- Deletes every live session of a user, optionally sparing one.
 -- KEYS[1] the user's index   KEYS[2] the user's order   KEYS[3] the user's groups
 -- KEYS[4] the user's key prefix ("<prefix>:{<tag>}:"): session keys are
---         derived from it and the index members, in the same slot.
+--         derived from it and the session ids, in the same slot.
 -- KEYS[5] the bucket's event stream
 -- ARGV[1] id of the session to keep ('' for none)
 -- ARGV[2] event stream cap (0: no events)   ARGV[3] user id
@@ -14,7 +14,7 @@ local kept_created = kept and redis.call('ZSCORE', order, keep)
 local kept_groups = kept and redis.call('HGET', groups_key, keep)
 -- The ids from the groups hash, which names the same sessions as the
 -- index: the server walks a hash faster than a sorted set's skip list (a
--- tenth of this script's time at 1,000 sessions). If the two differ in size,
+-- twelfth of this script's time at 1,000 sessions). If the two differ in size,
 -- one was changed behind sessionkit's back (lost by hand, or evicted under
 -- maxmemory): then every id either names goes, so that no live session
 -- escapes a sign-out everywhere.
@@ -30,7 +30,7 @@ if #members ~= redis.call('ZCARD', index) then
     end
   end
 end
--- After pruning, index members are live sessions, unless a key was removed
+-- After pruning, these are live sessions, unless a session's key was removed
 -- behind sessionkit's back (by hand, by maxmemory eviction): such a session
 -- is not counted, but the event still names it among the sessions ended
 -- (checking each key first would double the cost of the common case).
