@@ -81,7 +81,8 @@ async def test_a_store_with_a_lower_cap_evicts_every_session_over_it_at_once(
     """A service that lowers its cap: the next create evicts all the
     oldest sessions over it in one step (here 78, more than one DEL of the
     script takes), and reports each."""
-    made = [await make_store(max_sessions_per_user=100).create("ann") for _ in range(80)]
+    roomy = make_store(max_sessions_per_user=100)
+    made = [await roomy.create("ann") for _ in range(80)]
     store = make_store(max_sessions_per_user=3)
     watch = EventConsumer(store, group="g", consumer="c", block=0.05)
     await watch.setup()
