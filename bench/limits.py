@@ -52,8 +52,19 @@ def _create_commands(settings: Settings, n: int) -> list[bytes]:
 
 
 async def _drive(
-    host: str, port: int, commands: list[bytes], seconds: float, connections: int, depth: int
+    host: str,
+    port: int,
+    commands: list[bytes],
+    seconds: float,
+    connections: int,
+    depth: int,
+    *,
+    again: bool = True,
 ) -> dict[str, Any]:
+    """Keep `connections` connections busy with pipelines of `depth` of
+    `commands` for `seconds`; `again`: start over when they run out (a
+    resolve reads the same sessions again, the same work), else stop (a
+    create sent again finds its token taken: a retry, not a create)."""
     done = 0
     errors = 0
     missing = 0  # resolves that found no session: a ceiling of no work
@@ -64,7 +75,7 @@ async def _drive(
         reader, writer = await asyncio.open_connection(host, port)
         parser = hiredis.Reader()
         i = offset
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and (again or i + depth <= len(commands)):
             batch = [commands[(i + j) % len(commands)] for j in range(depth)]
             i += depth * connections
             writer.write(b"".join(batch))
@@ -104,6 +115,7 @@ def _main() -> None:
                     cfg["seconds"],
                     cfg["connections"],
                     cfg["depth"],
+                    again=cfg["op"] == "resolve",
                 )
             )
         )
@@ -184,7 +196,9 @@ async def _ceilings(
             "op": op,
             "settings": asdict(store.settings),
             "tokens": tokens,
-            "n": max(20_000, int(40_000 * seconds)),
+            # Creates for the whole run, however fast the server: they
+            # are never sent twice (see `_drive`).
+            "n": max(20_000, int(120_000 * seconds)),
             "host": host,
             "port": int(port),
             "seconds": seconds,

@@ -257,6 +257,32 @@ async def test_the_ceiling_s_resolves_read_the_live_sessions_they_are_given(
     assert gone["errors"] == 0 and gone["missing"] > 0
 
 
+@pytest.mark.server
+async def test_the_create_ceiling_sends_each_create_once(server_url: str, prefix: str) -> None:
+    """A create sent again finds its token taken and takes the retry path,
+    cheaper than a create: the ceiling stops when its creates run out
+    rather than send them again (a resolve ceiling reads its sessions
+    again, the same work)."""
+    from bench.limits import _create_commands, _drive
+    from sessionkit import SessionStore
+
+    async with SessionStore.from_url(server_url, prefix=prefix) as store:
+        await store.load_scripts()
+        host, port = server_url.removeprefix("redis://").split("/")[0].split(":")
+        commands = _create_commands(store.settings, 64)
+        before = await _evalsha_calls(store.client)
+        res = await _drive(host, int(port), commands, 2.0, 2, 8, again=False)
+        assert res["errors"] == 0
+        assert await _evalsha_calls(store.client) - before == 64  # each once, in 2 s
+        made = [k async for k in store.client.scan_iter(match=f"{prefix}:*:s:*", count=1000)]
+        assert len(made) == 64
+
+
+async def _evalsha_calls(client: Any) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
 async def test_interleaved_runs_take_turns_in_rotating_order_and_sum_them() -> None:
     """Each implementation runs in `slices` turns, their order rotating, so
     that all of them see the same moments; each result sums its turns."""
