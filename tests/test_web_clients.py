@@ -35,31 +35,43 @@ CHROMIUM_FLAGS = [
 @pytest.fixture(scope="module")
 def web_url(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The example app, as `python -m examples.webapp` runs it, on a free port."""
+    folder = tmp_path_factory.mktemp("webapp")
+    for attempt in range(5):
+        # A port free when picked can be taken before the app binds it (by
+        # another test's connection): the app then exits, and another port
+        # is tried.
+        log_path = folder / f"app{attempt}.log"
+        proc, url = _serve(server_url, log_path)
+        if proc is not None:
+            break
+        if "address already in use" not in log_path.read_text():
+            raise RuntimeError(f"the example app did not start:\n{log_path.read_text()}")
+    else:
+        raise RuntimeError(f"no port the example app could bind:\n{log_path.read_text()}")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _serve(server_url: str, log_path: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """The example app started on a port free now, and its URL; None if it
+    exited or did not answer within 30 s (its output is in `log_path`)."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("webapp") / "app.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "examples.webapp", "--redis-url", server_url, "--port", str(port)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    app = [sys.executable, "-m", "examples.webapp", "--redis-url", server_url, "--port", str(port)]
+    with log_path.open("wb") as log:  # the app writes to its own copy
+        proc = subprocess.Popen(app, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
             httpx.get(url + "/", timeout=1)
-            break
+            return proc, url
         except httpx.HTTPError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                log.close()
-                raise RuntimeError(
-                    f"the example app did not start:\n{log_path.read_text()}"
-                ) from None
+                proc.wait(10)
+                return None, url
             time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
 
 
 @pytest.fixture
