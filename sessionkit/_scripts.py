@@ -229,11 +229,6 @@ def script_call(
     return Call(script, _slot_of(keys[0]) if keys else 0, pack_script(script.sha, keys, args))
 
 
-def _user_keys(s: Settings, bucket: int, digest: str) -> tuple[str, str, str]:
-    """The user's index, order and groups keys."""
-    return keys.user_keys(s.buckets[bucket][0], digest)
-
-
 def _events(s: Settings, uid: str, groups: tuple[str, ...] | None = None) -> tuple[Any, ...]:
     """The event arguments: the stream cap (0: none), then `_event_fields`."""
     return (s.events_maxlen, *_event_fields(s, uid, groups))
@@ -298,9 +293,10 @@ def token_read(s: Settings, token: object) -> TokenRead | None:
 
 
 def list_call(s: Settings, bucket: int, digest: str) -> Call:
+    user = s.buckets[bucket][0]
     return script_call(
         Scripts.list,
-        (*_user_keys(s, bucket, digest), s.buckets[bucket][0]),
+        (*keys.user_keys(user, digest), user),
         (),
         bucket=bucket,
     )
@@ -329,9 +325,10 @@ def delete_all_call(s: Settings, uid: str, digest: str, bucket: int, keep: str) 
 def groups_call(
     s: Settings, mode: str, uid: str, digest: str, bucket: int, groups: tuple[str, ...]
 ) -> Call:
+    user, _, events = s.buckets[bucket]
     return script_call(
         Scripts.groups,
-        (*_user_keys(s, bucket, digest), s.buckets[bucket][2]),
+        (*keys.user_keys(user, digest), events),
         (mode, MAX_GROUPS_PER_SESSION, *_events(s, uid, groups), *groups),
         bucket=bucket,
     )
