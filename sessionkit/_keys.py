@@ -152,10 +152,11 @@ def session_key(prefix: str, bucket: int, sid: str) -> str:
     return f"{user_prefix(prefix, bucket)}s:{sid}"
 
 
-def user_keys(user_prefix: str, digest: str) -> tuple[str, str, str]:
+def user_keys(start: str, digest: str) -> tuple[str, str, str]:
     """The user's index, order and groups keys, from the user's digest and
-    bucket's `user_prefix` (built once for every call that takes them)."""
-    return f"{user_prefix}u:{digest}", f"{user_prefix}c:{digest}", f"{user_prefix}g:{digest}"
+    `start`, the `user_prefix` of the user's bucket (built once for every
+    call that takes them)."""
+    return f"{start}u:{digest}", f"{start}c:{digest}", f"{start}g:{digest}"
 
 
 def index_key(prefix: str, bucket: int, digest: str) -> str:
