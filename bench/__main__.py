@@ -305,7 +305,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 return r.ops_per_s
 
             ceiling["side_by_side"] = await measure_share(
-                url, resolve_impl.store, tokens, seconds, beside
+                url, resolve_impl.store, tokens, seconds, beside, rounds=3 if args.quick else 5
             )
             console.print("each hot script against its commands alone…")
             rounds = 3 if args.quick else 5

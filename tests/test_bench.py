@@ -11,7 +11,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -277,6 +277,42 @@ async def test_the_create_ceiling_sends_each_create_once(server_url: str, prefix
         assert after - before == 64  # each once, in 2 s
         made = [k async for k in store.client.scan_iter(match=f"{prefix}:*:s:*", count=1000)]
         assert len(made) == 64
+
+
+async def test_the_share_warms_up_then_takes_turns_with_the_ceiling() -> None:
+    """sessionkit's run of an operation goes once untimed, then after each
+    of the rounds' ceilings; the share is the median of the rounds' own
+    ratios, not a ratio of medians. (The ceiling's process stands in
+    here: what is checked is the order and the arithmetic.)"""
+    from bench import limits
+
+    log: list[str] = []
+    ceilings = iter([100.0, 200.0, 400.0, 100.0, 100.0, 100.0])
+    mine = iter([90.0, 100.0, 60.0, 50.0, 60.0, 70.0])
+
+    async def ceiling(*args: Any) -> list[dict[str, Any]]:
+        log.append(f"ceiling {args[-1][0][0]}")
+        return [{"ops_per_s": next(ceilings)}]
+
+    async def ours(op: str) -> float:
+        timed = bool(log) and log[-1] == f"ceiling {op}"
+        log.append(op)
+        return next(mine) if timed else 1.0
+
+    real = limits._ceilings
+    limits._ceilings = ceiling  # type: ignore[assignment]
+    try:
+        out = await limits.measure_share("redis://unused", cast(Any, None), [], 0.1, ours, rounds=3)
+    finally:
+        limits._ceilings = real
+    for op in ("resolve", "create"):
+        i = log.index(op)
+        assert log[i : i + 7] == [op, *[f"ceiling {op}", op] * 3]
+    # Resolve's ratios 0.9, 0.5, 0.15: their median 0.5, where the medians'
+    # ratio would be 90 / 200.
+    assert out["resolve"] == {"ceiling_ops_per_s": 200.0, "ops_per_s": 90.0, "share": 0.5}
+    assert out["create"]["share"] == 0.6
+    assert out["rounds"] == 3
 
 
 async def test_interleaved_runs_take_turns_in_rotating_order_and_sum_them() -> None:
