@@ -153,22 +153,23 @@ def session_key(prefix: str, bucket: int, sid: str) -> str:
 
 
 def user_keys(start: str, digest: str) -> tuple[str, str, str]:
-    """The user's index, order and groups keys, from the user's digest and
+    """The user's index, order and groups keys (`index_key`, `order_key`,
+    `groups_key`; a test holds them equal), from the user's digest and
     `start`, the `user_prefix` of the user's bucket (built once for every
     call that takes them)."""
     return f"{start}u:{digest}", f"{start}c:{digest}", f"{start}g:{digest}"
 
 
 def index_key(prefix: str, bucket: int, digest: str) -> str:
-    return user_keys(user_prefix(prefix, bucket), digest)[0]
+    return f"{user_prefix(prefix, bucket)}u:{digest}"
 
 
 def order_key(prefix: str, bucket: int, digest: str) -> str:
-    return user_keys(user_prefix(prefix, bucket), digest)[1]
+    return f"{user_prefix(prefix, bucket)}c:{digest}"
 
 
 def groups_key(prefix: str, bucket: int, digest: str) -> str:
-    return user_keys(user_prefix(prefix, bucket), digest)[2]
+    return f"{user_prefix(prefix, bucket)}g:{digest}"
 
 
 def events_key(prefix: str, bucket: int) -> str:

@@ -128,6 +128,19 @@ async def test_tokens_are_random_and_reveal_nothing_readable(store: SessionStore
     assert len({t[3:8] for t in tokens if t}) == 20
 
 
+def test_a_user_s_keys_are_named_the_same_one_at_a_time_and_all_at_once() -> None:
+    """The calls build a user's three keys at once from the bucket's
+    prefix (`user_keys`); the rest of the code names them one at a time."""
+    from sessionkit import _keys as keys
+
+    digest, bucket = user_digest("alice")
+    assert keys.user_keys(keys.user_prefix("sk", bucket), digest) == (
+        keys.index_key("sk", bucket, digest),
+        keys.order_key("sk", bucket, digest),
+        keys.groups_key("sk", bucket, digest),
+    )
+
+
 def test_a_session_id_is_the_bucket_and_a_digest_of_the_token() -> None:
     token = new_token(700)
     digest = hashlib.blake2b(token.encode(), digest_size=16, person=b"sessionkit-token").digest()
