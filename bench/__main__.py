@@ -304,11 +304,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 return r.ops_per_s
 
+            rounds = 3 if args.quick else 5
             ceiling["side_by_side"] = await measure_share(
-                url, resolve_impl.store, tokens, seconds, beside, rounds=3 if args.quick else 5
+                url, resolve_impl.store, tokens, seconds, beside, rounds=rounds
             )
             console.print("each hot script against its commands alone…")
-            rounds = 3 if args.quick else 5
             ceiling["floor"] = await _quiet_floor(args.server_bin, events, scale, rounds)
             held = await _keys_held(client)
             ceiling["floor_loaded"] = await measure_floor(
