@@ -84,16 +84,12 @@ local function count_groups(entry)
   return nuls - 1
 end
 
--- Calls a command on many arguments, BATCH at a time; the sum of the replies.
+-- Calls a command on one key with many arguments, BATCH at a time; the sum
+-- of the replies.
 local function batched(command, key, items)
   local total = 0
   for i = 1, #items, BATCH do
-    local last = math.min(i + BATCH - 1, #items)
-    if key then
-      total = total + redis.call(command, key, unpack(items, i, last))
-    else
-      total = total + redis.call(command, unpack(items, i, last))
-    end
+    total = total + redis.call(command, key, unpack(items, i, math.min(i + BATCH - 1, #items)))
   end
   return total
 end
@@ -126,7 +122,7 @@ end
 -- The session keys of ids[from..to] (every `step`-th item from `from`).
 local function session_keys(key_prefix, ids, from, to, step)
   local out, s, n = {}, key_prefix .. 's:', 0
-  for i = from or 1, to or #ids, step or 1 do
+  for i = from, to, step do
     n = n + 1
     out[n] = s .. ids[i]
   end
