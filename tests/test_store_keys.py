@@ -10,6 +10,7 @@ import pytest
 from redis.crc import key_slot
 
 from sessionkit import SessionStore
+from sessionkit import _keys as keys
 from sessionkit._keys import new_token, session_id, token_bucket, user_digest
 from tests.conftest import Backend
 
@@ -131,8 +132,6 @@ async def test_tokens_are_random_and_reveal_nothing_readable(store: SessionStore
 def test_a_user_s_keys_are_named_the_same_one_at_a_time_and_all_at_once() -> None:
     """The calls build a user's three keys at once from the bucket's
     prefix (`user_keys`); the rest of the code names them one at a time."""
-    from sessionkit import _keys as keys
-
     digest, bucket = user_digest("alice")
     assert keys.user_keys(keys.user_prefix("sk", bucket), digest) == (
         keys.index_key("sk", bucket, digest),
