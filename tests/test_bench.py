@@ -279,7 +279,9 @@ async def test_the_create_ceiling_sends_each_create_once(server_url: str, prefix
         assert len(made) == 64
 
 
-async def test_the_share_warms_up_then_takes_turns_with_the_ceiling() -> None:
+async def test_the_share_warms_up_then_takes_turns_with_the_ceiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """sessionkit's run of an operation goes once untimed, then after each
     of the rounds' ceilings; the share is the median of the rounds' own
     ratios, not a ratio of medians. (The ceiling's process stands in
@@ -299,12 +301,8 @@ async def test_the_share_warms_up_then_takes_turns_with_the_ceiling() -> None:
         log.append(op)
         return next(mine) if timed else 1.0
 
-    real = limits._ceilings
-    limits._ceilings = ceiling  # type: ignore[assignment]
-    try:
-        out = await limits.measure_share("redis://unused", cast(Any, None), [], 0.1, ours, rounds=3)
-    finally:
-        limits._ceilings = real
+    monkeypatch.setattr(limits, "_ceilings", ceiling)
+    out = await limits.measure_share("redis://unused", cast(Any, None), [], 0.1, ours, rounds=3)
     for op in ("resolve", "create"):
         i = log.index(op)
         assert log[i : i + 7] == [op, *[f"ceiling {op}", op] * 3]
